@@ -1,0 +1,3 @@
+from baichuan.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per ``baichuan`` subcommand (see ``baichuan.cli``)."""

@@ -1,0 +1,13 @@
+//! Byte-identical SentencePiece BPE tokenizer (see `../shared/notes/sentencepiece-bpe.md` for the
+//! behaviour it reproduces) and the bulk corpus tokenization pipeline.
+//!
+//! This crate knows nothing of Python: the bindings live in `py.rs` behind the `python` feature.
+
+pub mod error;
+pub mod tokenizer;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::{Error, Result};
+pub use tokenizer::Tokenizer;
