@@ -1,0 +1,460 @@
+"""Baichuan-7B in PyTorch: RMSNorm, RoPE, fused ``W_pack`` attention with pluggable kernels, SwiGLU.
+
+Interface (other modules rely on it; changes are listed here)::
+
+    from baichuan.config import ModelConfig
+    from baichuan.model import BaichuanForCausalLM
+
+    model = BaichuanForCausalLM(ModelConfig.preset("tiny"))
+    out = model(input_ids, attention_mask=None, position_ids=None, labels=None,
+                past_key_values=None, use_cache=False, logits_to_keep=0)
+    out.logits           # (B, T, V); only the last ``logits_to_keep`` positions when that is > 0
+    out.loss             # mean cross entropy of logits[:, :-1] against labels[:, 1:], -100 ignored; or None
+    out.past_key_values  # tuple over layers of (k, v), each (B, heads, past+T, head_dim); None unless use_cache
+
+Parameter names are those of the published checkpoint: ``model.embed_tokens.weight``,
+``model.layers.N.self_attn.W_pack.weight`` (rows: q, then k, then v; shape 3*hidden x hidden),
+``model.layers.N.self_attn.o_proj.weight``, ``model.layers.N.mlp.{gate,up,down}_proj.weight``,
+``model.layers.N.{input,post_attention}_layernorm.weight``, ``model.norm.weight``, ``lm_head.weight``.
+The official release also stores ``...self_attn.rotary_emb.inv_freq`` buffers; we compute the
+frequencies from the config instead (``baichuan.hf`` drops those keys on import).
+
+Masks and positions
+    ``attention_mask`` is a (B, past+T) 1/0 mask over *all* key positions (cached ones included),
+    combined with causal masking. Any padding layout works (left padding for batched scoring,
+    padding between a shared prefix and a question, right padding). When ``position_ids`` is None
+    they are derived from the mask (``cumsum(mask) - 1``, so the first real token is position 0),
+    or are ``past .. past+T-1`` without a mask. Query rows with no visible key (left pads) attend
+    to every key instead, which keeps them finite; their outputs are meaningless and unused.
+
+KV cache
+    Plain tuples, so they are easy to slice and share: to reuse the cache of one prefix (batch 1)
+    for a batch of B continuations, call ``expand_past_key_values(prefix_cache, B)`` and pass an
+    ``attention_mask`` of shape (B, prefix_len + T) whose first prefix_len columns are 1.
+    The cache is never modified in place: each call returns new tensors.
+
+Attention backends (``ModelConfig.attn_backend``)
+    ``eager``: reference math (scores in the compute dtype, softmax in fp32).
+    ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``.
+    ``xformers``: ``xformers.ops.memory_efficient_attention`` with ``LowerTriangularMask`` (a
+    materialised additive bias when there is padding); needs CUDA and the ``[gpu]`` extra.
+    ``auto``: ``sdpa`` on every device. On an H200 (../shared/gpu/README.md, 2026-11-26) causal
+    attention fwd+bwd B=2 S=4096 H=32 D=128 bf16 ran at 471 TFLOP/s with SDPA/cuDNN against 271
+    with xformers, and the 8-layer model trained at 42.6% vs 24.7% MFU, so ``auto`` does not pick
+    xformers; ``scripts/gpu_check_model.py`` re-measures this on any card. On a CPU ``auto`` logs
+    one line saying xformers is not used. Requesting ``xformers`` without CUDA raises.
+
+Throughput accounting
+    ``flops_per_token(config, seq_len) = 6 * N_nonembed + 12 * L * hidden * seq_len`` where
+    N_nonembed is every parameter except the input embedding (``lm_head`` counts), as in
+    ../shared/gpu/README.md; ``model.estimate_mfu(tokens_per_second, seq_len, peak_flops)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from baichuan.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+# bf16 dense peak of one H100/H200 SXM (datasheet), the denominator used in ../shared/gpu/README.md.
+H100_BF16_PEAK_FLOPS = 989.4e12
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    past_key_values: KVCache | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers usable without a model
+# ---------------------------------------------------------------------------------------------
+def flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward): 6 * N_nonembed + 12 * L * hidden * seq_len."""
+    h, L, ffn, V = config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.vocab_size
+    per_layer = 4 * h * h + 3 * h * ffn + 2 * h
+    n_nonembed = L * per_layer + h + V * h  # layers + final norm + lm_head
+    return 6.0 * n_nonembed + 12.0 * L * h * seq_len
+
+
+def past_length(past_key_values: KVCache | None) -> int:
+    """Number of cached positions (0 for None)."""
+    return 0 if not past_key_values else int(past_key_values[0][0].shape[2])
+
+
+def expand_past_key_values(past_key_values: KVCache, batch_size: int) -> KVCache:
+    """Repeat a batch-1 cache (e.g. a shared few-shot prefix) along the batch dimension.
+
+    Uses ``expand`` (no copy); the next forward concatenates new keys onto it, which materialises
+    one copy per row then.
+    """
+    out = []
+    for k, v in past_key_values:
+        if k.shape[0] != 1 and k.shape[0] != batch_size:
+            raise ValueError(f"can only expand a batch-1 cache, this one has batch {k.shape[0]}")
+        out.append((k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)))
+    return tuple(out)
+
+
+def select_past_key_values(past_key_values: KVCache, index: torch.Tensor) -> KVCache:
+    """Keep the batch rows ``index`` of a cache (e.g. to drop finished sequences)."""
+    return tuple((k.index_select(0, index), v.index_select(0, index)) for k, v in past_key_values)
+
+
+def xformers_available() -> bool:
+    return importlib.util.find_spec("xformers") is not None
+
+
+def resolve_attn_backend(requested: str, device: torch.device) -> str:
+    """The kernel actually used for ``requested`` on ``device`` (see the module docstring)."""
+    if requested == "xformers":
+        if device.type != "cuda":
+            raise RuntimeError(
+                f"attn_backend='xformers' needs a CUDA device, but the model runs on {device.type}; "
+                "use attn_backend='sdpa', 'eager' or 'auto'"
+            )
+        if not xformers_available():
+            raise RuntimeError(
+                "attn_backend='xformers' but xformers is not installed; install it with "
+                "`pip install 'baichuan[gpu]'` or use attn_backend='sdpa'"
+            )
+        return "xformers"
+    if requested in ("sdpa", "eager"):
+        return requested
+    if requested == "auto":
+        if device.type != "cuda":
+            logger.info("attention backend auto on %s: xformers needs CUDA, using sdpa", device.type)
+        # On CUDA sdpa is chosen by measurement (module docstring); no line is logged there.
+        return "sdpa"
+    raise ValueError(f"unknown attention backend {requested!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# layers
+# ---------------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * h.to(dtype)
+
+
+def rotary_cos_sin(
+    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape (B, T, head_dim), computed in fp32 and cast to ``dtype``."""
+    device = position_ids.device
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    freqs = position_ids[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (B, T, D)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + _rotate_half(x) * sin
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+# Mask passed between layers: None (no mask at all), "causal" (plain lower triangle, T == S),
+# or a bool tensor (B, 1, T, S), True where the query may attend to the key.
+AttnMask = torch.Tensor | str | None
+
+
+def _attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask) -> torch.Tensor:
+    scale = q.shape[-1] ** -0.5
+    scores = torch.matmul(q, k.transpose(2, 3)) * scale
+    if mask == "causal":
+        T, S = q.shape[2], k.shape[2]
+        allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    elif isinstance(mask, torch.Tensor):
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+def _attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask) -> torch.Tensor:
+    if mask == "causal":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _attention_xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask) -> torch.Tensor:
+    import xformers.ops as xops  # optional [gpu] extra; availability checked in resolve_attn_backend
+
+    # xformers wants (B, T, H, D).
+    qx, kx, vx = (t.transpose(1, 2) for t in (q, k, v))
+    bias: object | None
+    if mask is None:
+        bias = None
+    elif mask == "causal":
+        bias = xops.LowerTriangularMask()
+    else:
+        assert isinstance(mask, torch.Tensor)
+        B, H, T, S = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+        # An additive bias must be 8-aligned in its last dimension: allocate padded, then slice.
+        padded = (S + 7) // 8 * 8
+        full = torch.zeros(B, H, T, padded, dtype=q.dtype, device=q.device)
+        bias = full[..., :S]
+        bias.masked_fill_(~mask.expand(B, H, T, S), float("-inf"))
+    out = xops.memory_efficient_attention(qx, kx, vx, attn_bias=bias)
+    return out.transpose(1, 2)
+
+
+_ATTENTION = {"eager": _attention_eager, "sdpa": _attention_sdpa, "xformers": _attention_xformers}
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.W_pack = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: AttnMask,
+        backend: str,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        B, T, _ = x.shape
+        qkv = self.W_pack(x).view(B, T, 3, self.num_heads, self.head_dim)
+        q = qkv[:, :, 0].transpose(1, 2)
+        k = qkv[:, :, 1].transpose(1, 2)
+        v = qkv[:, :, 2].transpose(1, 2)
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
+        if past is not None:
+            k = torch.cat((past[0], k), dim=2)
+            v = torch.cat((past[1], v), dim=2)
+        out = _ATTENTION[backend](q, k, v, mask)
+        out = out.transpose(1, 2).reshape(B, T, self.hidden_size)
+        return self.o_proj(out), (k, v)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: AttnMask,
+        backend: str,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        h, present = self.self_attn(self.input_layernorm(x), cos, sin, mask, backend, past)
+        x = x + h
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, present
+
+
+class BaichuanModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+
+def _build_mask(
+    attention_mask: torch.Tensor | None, T: int, past_len: int, device: torch.device
+) -> AttnMask:
+    S = past_len + T
+    if attention_mask is None or bool(attention_mask.all()):
+        if past_len == 0:
+            return "causal" if T > 1 else None
+        if T == 1:
+            return None
+        allowed = torch.ones(T, S, dtype=torch.bool, device=device).tril(past_len)
+        return allowed[None, None]
+    key_ok = attention_mask.to(device=device, dtype=torch.bool)  # (B, S)
+    causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(past_len)
+    allowed = causal[None, None] & key_ok[:, None, None, :]
+    # Rows with no visible key (left pads) would give NaN: let them see everything instead.
+    allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
+    return allowed
+
+
+class BaichuanForCausalLM(nn.Module):
+    """Baichuan-7B decoder with the LM head; see the module docstring for the call interface."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.model = BaichuanModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self._resolved: dict[str, str] = {}
+        self.reset_parameters()
+
+    # -------------------------------------------------------------- set-up
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, initializer_range) for linear and embedding weights (pad row zero), ones for norms."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, std)
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, std)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+            elif isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+
+    def attn_backend_for(self, device: torch.device) -> str:
+        """The kernel used on ``device`` (resolved once per device type; may raise, see module doc)."""
+        key = f"{self.config.attn_backend}:{device.type}"
+        if key not in self._resolved:
+            self._resolved[key] = resolve_attn_backend(self.config.attn_backend, device)
+        return self._resolved[key]
+
+    def set_attn_backend(self, name: str) -> None:
+        if name not in ("auto", "sdpa", "eager", "xformers"):
+            raise ValueError(f"unknown attention backend {name!r}")
+        self.config.attn_backend = name
+
+    # -------------------------------------------------------------- accounting
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count; ``exclude_embeddings`` leaves out the input embedding (not ``lm_head``)."""
+        seen: set[int] = set()
+        total = 0
+        for p in self.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+        if exclude_embeddings and not self.config.tie_word_embeddings:
+            total -= self.model.embed_tokens.weight.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return flops_per_token(self.config, seq_len)
+
+    def estimate_mfu(
+        self, tokens_per_second: float, seq_len: int, peak_flops: float = H100_BF16_PEAK_FLOPS
+    ) -> float:
+        """Model FLOPs utilisation (0..1) of a run processing ``tokens_per_second`` (all GPUs
+        together divided by their number, i.e. per device) at sequence length ``seq_len``."""
+        return self.flops_per_token(seq_len) * tokens_per_second / peak_flops
+
+    # -------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+    ) -> CausalLMOutput:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        device = input_ids.device
+        past_len = past_length(past_key_values)
+        if past_key_values is not None and len(past_key_values) != self.config.num_hidden_layers:
+            raise ValueError(
+                f"past_key_values has {len(past_key_values)} layers, the model {self.config.num_hidden_layers}"
+            )
+        if past_len + T > self.config.max_position_embeddings:
+            logger.debug("sequence length %d exceeds max_position_embeddings", past_len + T)
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, past_len + T):
+            raise ValueError(
+                f"attention_mask must be (batch, past + seq) = ({B}, {past_len + T}) covering cached "
+                f"positions too, got {tuple(attention_mask.shape)}"
+            )
+        if position_ids is None:
+            if attention_mask is not None:
+                pos = attention_mask.long().cumsum(-1) - 1
+                position_ids = pos.clamp_(min=0)[:, past_len:]
+            else:
+                position_ids = torch.arange(past_len, past_len + T, device=device).unsqueeze(0)
+        position_ids = position_ids.to(device)
+        if position_ids.shape[0] == 1 and B > 1:
+            position_ids = position_ids.expand(B, -1)
+
+        backend = self.attn_backend_for(device)
+        mask = _build_mask(attention_mask, T, past_len, device)
+        h = self.model.embed_tokens(input_ids)
+        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, h.dtype)
+
+        checkpointing = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        presents: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for i, layer in enumerate(self.model.layers):
+            past = past_key_values[i] if past_key_values is not None else None
+            if checkpointing and past is None:
+                h, present = checkpoint(layer, h, cos, sin, mask, backend, None, use_reentrant=False)
+            else:
+                h, present = layer(h, cos, sin, mask, backend, past)
+            if use_cache:
+                presents.append(present)
+        h = self.model.norm(h)
+        if logits_to_keep > 0:
+            h = h[:, -logits_to_keep:]
+        logits = self.lm_head(h)
+
+        loss = None
+        if labels is not None:
+            if logits_to_keep > 0:
+                raise ValueError("labels cannot be combined with logits_to_keep")
+            loss = causal_lm_loss(logits, labels)
+        return CausalLMOutput(logits=logits, loss=loss, past_key_values=tuple(presents) if use_cache else None)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy of position t's logits against labels[t + 1]; -100 is ignored (fp32)."""
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
