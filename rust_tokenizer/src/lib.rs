@@ -6,6 +6,12 @@
 pub mod error;
 pub mod tokenizer;
 
+mod bpe;
+mod fxhash;
+mod normalizer;
+mod prefix;
+mod proto;
+
 #[cfg(feature = "python")]
 mod py;
 

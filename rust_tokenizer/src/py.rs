@@ -1,12 +1,249 @@
 //! pyo3 bindings: the private module `baichuan._tokenizer`. Knows nothing of BPE; every encode
-//! call releases the GIL. (Issue 2 fills this in.)
+//! call releases the GIL, and no Rust panic crosses into Python (encode paths run under
+//! `catch_unwind` and a panic becomes `TokenizerError`).
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
+use pyo3::types::{PyBytes, PyString};
+
+use crate::error::Error;
+use crate::tokenizer::Tokenizer;
 
 pyo3::create_exception!(_tokenizer, TokenizerError, pyo3::exceptions::PyValueError);
+
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        let msg = e.to_string();
+        match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                PyFileNotFoundError::new_err(msg)
+            }
+            Error::Io { .. } => PyOSError::new_err(msg),
+            Error::IdOutOfRange { .. } => PyIndexError::new_err(msg),
+            #[allow(unreachable_patterns)]
+            _ => TokenizerError::new_err(msg),
+        }
+    }
+}
+
+/// Runs `f` and turns a panic into `TokenizerError` (there should be none; this is the fence).
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> PyResult<T> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+        let detail = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        TokenizerError::new_err(format!("internal error in {what}: {detail}"))
+    })
+}
+
+/// A Python `str` or `bytes` held without copying.
+enum Text {
+    Str(PyBackedStr),
+    Bytes(PyBackedBytes),
+}
+
+impl AsRef<[u8]> for Text {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Text::Str(s) => s.as_bytes(),
+            Text::Bytes(b) => b,
+        }
+    }
+}
+
+fn text_arg(obj: &Bound<'_, PyAny>) -> PyResult<Text> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Text::Str(s.extract::<PyBackedStr>()?));
+    }
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(Text::Bytes(b.extract::<PyBackedBytes>()?));
+    }
+    Err(PyTypeError::new_err(format!(
+        "input must be str or bytes, not {}",
+        obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+    )))
+}
+
+fn threads_arg(n: Option<i64>) -> Option<usize> {
+    match n {
+        None => None,
+        Some(n) if n < 0 => None,
+        Some(n) => Some(n.clamp(1, 1024) as usize),
+    }
+}
+
+fn id_arg(tok: &Tokenizer, id: i64) -> PyResult<u32> {
+    if id < 0 || id >= tok.vocab_size() as i64 {
+        return Err(Error::IdOutOfRange { id, vocab_size: tok.vocab_size() }.into());
+    }
+    Ok(id as u32)
+}
+
+fn opt_id(x: Option<u32>) -> i64 {
+    x.map_or(-1, i64::from)
+}
+
+/// A loaded SentencePiece BPE model (see `baichuan.Tokenizer` for the documented wrapper).
+#[pyclass(frozen, module = "baichuan._tokenizer", name = "Tokenizer")]
+struct PyTokenizer {
+    inner: Arc<Tokenizer>,
+    origin: String,
+}
+
+#[pymethods]
+impl PyTokenizer {
+    /// Reads a SentencePiece `.model` file.
+    #[staticmethod]
+    fn from_file(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let origin = path.display().to_string();
+        let tok = py.detach(|| guarded("from_file", || Tokenizer::from_file(&path)))??;
+        Ok(PyTokenizer { inner: Arc::new(tok), origin })
+    }
+
+    /// Parses a serialized `ModelProto`; `origin` names it in errors.
+    #[staticmethod]
+    #[pyo3(signature = (data, origin = "<bytes>".to_string()))]
+    fn from_bytes(py: Python<'_>, data: PyBackedBytes, origin: String) -> PyResult<Self> {
+        let tok = py.detach(|| guarded("from_bytes", || Tokenizer::from_bytes(&data, &origin)))??;
+        Ok(PyTokenizer { inner: Arc::new(tok), origin })
+    }
+
+    fn encode(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+        let t = text_arg(text)?;
+        let tok = &self.inner;
+        py.detach(|| guarded("encode", || tok.encode_bytes(t.as_ref())))
+    }
+
+    #[pyo3(signature = (texts, num_threads = None))]
+    fn encode_batch(&self, py: Python<'_>, texts: Vec<Bound<'_, PyAny>>, num_threads: Option<i64>) -> PyResult<Vec<Vec<u32>>> {
+        let ts = texts.iter().map(text_arg).collect::<PyResult<Vec<Text>>>()?;
+        let tok = &self.inner;
+        let n = threads_arg(num_threads);
+        py.detach(|| guarded("encode_batch", || tok.encode_batch(&ts, n)))
+    }
+
+    /// All ids concatenated (little-endian u32 bytes) and `len(texts) + 1` offsets
+    /// (little-endian i64 bytes); the Python wrapper views them as numpy arrays.
+    #[pyo3(signature = (texts, num_threads = None))]
+    fn encode_batch_flat<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<Bound<'py, PyAny>>,
+        num_threads: Option<i64>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        let ts = texts.iter().map(text_arg).collect::<PyResult<Vec<Text>>>()?;
+        let tok = &self.inner;
+        let n = threads_arg(num_threads);
+        let (ids, offsets) = py.detach(|| {
+            guarded("encode_batch_flat", || {
+                let (ids, offs) = tok.encode_batch_flat(&ts, n);
+                let ids: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+                let offs: Vec<u8> = offs.iter().flat_map(|&x| (x as i64).to_le_bytes()).collect();
+                (ids, offs)
+            })
+        })?;
+        Ok((PyBytes::new(py, &ids), PyBytes::new(py, &offsets)))
+    }
+
+    fn encode_as_pieces(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        let t = text_arg(text)?;
+        let tok = &self.inner;
+        py.detach(|| guarded("encode_as_pieces", || tok.encode_as_pieces(t.as_ref())))
+    }
+
+    fn normalize(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<String> {
+        let t = text_arg(text)?;
+        let tok = &self.inner;
+        let v = py.detach(|| guarded("normalize", || tok.normalize(t.as_ref())))?;
+        Ok(String::from_utf8_lossy(&v).into_owned())
+    }
+
+    fn decode(&self, py: Python<'_>, ids: Vec<i64>) -> PyResult<String> {
+        let tok = &self.inner;
+        let ids = ids.iter().map(|&i| id_arg(tok, i)).collect::<PyResult<Vec<u32>>>()?;
+        Ok(py.detach(|| guarded("decode", || tok.decode(&ids)))??)
+    }
+
+    #[pyo3(signature = (seqs, num_threads = None))]
+    fn decode_batch(&self, py: Python<'_>, seqs: Vec<Vec<i64>>, num_threads: Option<i64>) -> PyResult<Vec<String>> {
+        let tok = &self.inner;
+        let seqs = seqs
+            .iter()
+            .map(|s| s.iter().map(|&i| id_arg(tok, i)).collect::<PyResult<Vec<u32>>>())
+            .collect::<PyResult<Vec<Vec<u32>>>>()?;
+        let n = threads_arg(num_threads);
+        Ok(py.detach(|| guarded("decode_batch", || tok.decode_batch(&seqs, n)))??)
+    }
+
+    fn decode_to_bytes<'py>(&self, py: Python<'py>, ids: Vec<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        let tok = &self.inner;
+        let ids = ids.iter().map(|&i| id_arg(tok, i)).collect::<PyResult<Vec<u32>>>()?;
+        let v = py.detach(|| guarded("decode", || tok.decode_to_bytes(&ids)))??;
+        Ok(PyBytes::new(py, &v))
+    }
+
+    fn id_to_piece(&self, id: i64) -> PyResult<String> {
+        let id = id_arg(&self.inner, id)?;
+        Ok(self.inner.id_to_piece(id)?)
+    }
+
+    fn piece_to_id(&self, piece: &str) -> i64 {
+        opt_id(self.inner.piece_to_id(piece))
+    }
+
+    fn score(&self, id: i64) -> PyResult<f32> {
+        let id = id_arg(&self.inner, id)?;
+        self.inner.score(id).ok_or_else(|| PyValueError::new_err("no score"))
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    #[getter]
+    fn bos_id(&self) -> i64 {
+        opt_id(self.inner.bos_id())
+    }
+    #[getter]
+    fn eos_id(&self) -> i64 {
+        opt_id(self.inner.eos_id())
+    }
+    #[getter]
+    fn unk_id(&self) -> i64 {
+        opt_id(self.inner.unk_id())
+    }
+    #[getter]
+    fn pad_id(&self) -> i64 {
+        opt_id(self.inner.pad_id())
+    }
+    #[getter]
+    fn origin(&self) -> &str {
+        &self.origin
+    }
+    #[getter]
+    fn uses_chunking(&self) -> bool {
+        self.inner.uses_chunking()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Tokenizer(origin={:?}, vocab_size={})", self.origin, self.inner.vocab_size())
+    }
+}
 
 #[pymodule]
 fn _tokenizer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TokenizerError", m.py().get_type::<TokenizerError>())?;
+    m.add_class::<PyTokenizer>()?;
     Ok(())
 }

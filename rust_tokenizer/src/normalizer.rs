@@ -1,0 +1,325 @@
+//! SentencePiece normalization (notes §2): the `precompiled_charsmap` (a Darts-clone double array
+//! plus a string pool), user-defined pieces that bypass it, SentencePiece's own per-byte UTF-8
+//! validity rule, and the whitespace options.
+
+use crate::prefix::PrefixMatcher;
+
+/// U+2581, the whitespace symbol.
+pub const WS: &[u8] = "\u{2581}".as_bytes();
+const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
+/// The normalizer keeps at most this many common-prefix results (and picks the longest of them).
+const MAX_TRIE_RESULTS: usize = 32;
+
+/// Length of the valid UTF-8 character at the start of `s` by SentencePiece's rules (§2.4), or
+/// `None` if the first byte does not start a valid character (consume one byte then).
+#[inline]
+pub fn valid_char_len(s: &[u8]) -> Option<usize> {
+    let b0 = *s.first()?;
+    if b0 < 0x80 {
+        return Some(1);
+    }
+    let cont = |i: usize| s.get(i).is_some_and(|&b| b & 0xC0 == 0x80);
+    if b0 & 0xE0 == 0xC0 {
+        if cont(1) {
+            let cp = (u32::from(b0 & 0x1F) << 6) | u32::from(s[1] & 0x3F);
+            if cp >= 0x80 {
+                return Some(2);
+            }
+        }
+        None
+    } else if b0 & 0xF0 == 0xE0 {
+        if cont(1) && cont(2) {
+            let cp = (u32::from(b0 & 0x0F) << 12) | (u32::from(s[1] & 0x3F) << 6) | u32::from(s[2] & 0x3F);
+            if cp >= 0x800 && !(0xD800..=0xDFFF).contains(&cp) {
+                return Some(3);
+            }
+        }
+        None
+    } else if b0 & 0xF8 == 0xF0 {
+        if cont(1) && cont(2) && cont(3) {
+            let cp = (u32::from(b0 & 0x07) << 18)
+                | (u32::from(s[1] & 0x3F) << 12)
+                | (u32::from(s[2] & 0x3F) << 6)
+                | u32::from(s[3] & 0x3F);
+            if (0x10000..=0x10FFFF).contains(&cp) {
+                return Some(4);
+            }
+        }
+        None
+    } else {
+        None
+    }
+}
+
+/// Character length from the lead byte alone (SentencePiece's `OneCharLen`), clamped to `rest`.
+#[inline]
+pub fn lead_len(b: u8, rest: usize) -> usize {
+    let n = match b >> 4 {
+        0..=0xB => 1,
+        0xC | 0xD => 2,
+        0xE => 3,
+        _ => 4,
+    };
+    n.min(rest)
+}
+
+/// Appends SentencePiece's decoding of arbitrary bytes: valid characters copied, one U+FFFD per
+/// invalid byte.
+pub fn push_bytes_lossy(out: &mut Vec<u8>, mut s: &[u8]) {
+    while !s.is_empty() {
+        match valid_char_len(s) {
+            Some(n) => {
+                out.extend_from_slice(&s[..n]);
+                s = &s[n..];
+            }
+            None => {
+                out.extend_from_slice(REPLACEMENT);
+                s = &s[1..];
+            }
+        }
+    }
+}
+
+/// The precompiled charsmap: a Darts-clone double array over UTF-8 keys, values are offsets of
+/// NUL-terminated replacement strings in `pool`.
+#[derive(Debug, Clone)]
+pub struct CharsMap {
+    units: Vec<u32>,
+    pool: Vec<u8>,
+    /// For each byte: does the root have a child with that label? (no: nothing can match)
+    root_child: Box<[bool; 256]>,
+}
+
+#[inline]
+fn has_leaf(u: u32) -> bool {
+    (u >> 8) & 1 == 1
+}
+#[inline]
+fn value(u: u32) -> u32 {
+    u & 0x7FFF_FFFF
+}
+#[inline]
+fn label(u: u32) -> u32 {
+    u & 0x8000_00FF
+}
+#[inline]
+fn offset(u: u32) -> usize {
+    ((u >> 10) << ((u & (1 << 9)) >> 6)) as usize
+}
+
+impl CharsMap {
+    /// Parses and validates the blob (§2.1).
+    pub fn parse(blob: &[u8]) -> Result<Self, String> {
+        if blob.len() <= 4 {
+            return Err(format!("precompiled_charsmap is too short ({} bytes)", blob.len()));
+        }
+        let t = u32::from_le_bytes(blob[..4].try_into().expect("4 bytes")) as usize;
+        if t >= blob.len() - 4 {
+            return Err(format!("precompiled_charsmap trie size {t} exceeds the blob ({} bytes)", blob.len()));
+        }
+        if t < 1024 || t % 1024 != 0 {
+            return Err(format!("precompiled_charsmap trie size {t} is not a positive multiple of 1024"));
+        }
+        let units: Vec<u32> = blob[4..4 + t]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        let pool = blob[4 + t..].to_vec();
+        if pool.last() != Some(&0) {
+            return Err("precompiled_charsmap string pool does not end with a NUL byte".into());
+        }
+        for &u in &units {
+            if u & 0x8000_0000 != 0 && value(u) as usize >= pool.len() {
+                return Err(format!(
+                    "precompiled_charsmap leaf value {} is outside the {}-byte string pool",
+                    value(u),
+                    pool.len()
+                ));
+            }
+        }
+        let mut root_child = Box::new([false; 256]);
+        let root = offset(units[0]);
+        for b in 0..256usize {
+            let pos = root ^ b;
+            if let Some(&u) = units.get(pos) {
+                root_child[b] = label(u) == b as u32;
+            }
+        }
+        Ok(CharsMap { units, pool, root_child })
+    }
+
+    /// Longest match at the start of `s`: `(bytes consumed, replacement)`.
+    #[inline]
+    pub fn longest<'a>(&'a self, s: &[u8]) -> Option<(usize, &'a [u8])> {
+        if !self.root_child[*s.first()? as usize] {
+            return None;
+        }
+        let units = &self.units;
+        let mut pos = offset(units[0]);
+        let mut best: Option<(usize, u32)> = None;
+        let mut found = 0usize;
+        for (i, &b) in s.iter().enumerate() {
+            pos ^= b as usize;
+            let Some(&u) = units.get(pos) else { break };
+            if label(u) != u32::from(b) {
+                break;
+            }
+            pos ^= offset(u);
+            if has_leaf(u) {
+                let Some(&leaf) = units.get(pos) else { break };
+                found += 1;
+                if found <= MAX_TRIE_RESULTS {
+                    best = Some((i + 1, value(leaf)));
+                }
+            }
+        }
+        let (len, off) = best?;
+        let off = off as usize;
+        let rest = self.pool.get(off..)?;
+        let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
+        Some((len, &rest[..end]))
+    }
+}
+
+/// Normalizer settings plus the charsmap.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    pub charsmap: Option<CharsMap>,
+    pub add_dummy_prefix: bool,
+    pub remove_extra_whitespaces: bool,
+    pub escape_whitespaces: bool,
+    pub treat_whitespace_as_suffix: bool,
+}
+
+impl Normalizer {
+    /// The whitespace symbol written for an ASCII space.
+    pub fn ws(&self) -> &'static [u8] {
+        if self.escape_whitespaces {
+            WS
+        } else {
+            b" "
+        }
+    }
+
+    /// `NormalizePrefix` (§2.3): replacement and bytes consumed. `s` is non-empty.
+    #[inline]
+    fn prefix<'a>(&'a self, s: &'a [u8], ud: Option<&PrefixMatcher>) -> (&'a [u8], usize) {
+        let b = s[0];
+        if let Some(m) = ud {
+            if m.may_start(b) {
+                if let Some(n) = m.longest(s) {
+                    return (&s[..n], n);
+                }
+            }
+        }
+        if let Some(cm) = &self.charsmap {
+            if let Some((n, r)) = cm.longest(s) {
+                return (r, n);
+            }
+        }
+        if b < 0x80 {
+            return (&s[..1], 1);
+        }
+        match valid_char_len(s) {
+            Some(n) => (&s[..n], n),
+            None => (REPLACEMENT, 1),
+        }
+    }
+
+    /// Normalizes `input` into `out` (cleared first), §2.5.
+    pub fn normalize(&self, mut input: &[u8], ud: Option<&PrefixMatcher>, out: &mut Vec<u8>) {
+        out.clear();
+        if input.is_empty() {
+            return;
+        }
+        let rew = self.remove_extra_whitespaces;
+        if rew {
+            while !input.is_empty() {
+                let (r, n) = self.prefix(input, ud);
+                if r != b" " {
+                    break;
+                }
+                input = &input[n..];
+            }
+        }
+        if input.is_empty() {
+            return;
+        }
+        let ws = self.ws();
+        out.reserve(input.len() + input.len() / 4 + 4);
+        if self.add_dummy_prefix && !self.treat_whitespace_as_suffix {
+            out.extend_from_slice(ws);
+        }
+        let mut prev_space = rew;
+        let escape = self.escape_whitespaces;
+        while !input.is_empty() {
+            let (mut r, n) = self.prefix(input, ud);
+            if prev_space {
+                while let [b' ', rest @ ..] = r {
+                    r = rest;
+                }
+            }
+            if !r.is_empty() {
+                if escape && r.contains(&b' ') {
+                    for &c in r {
+                        if c == b' ' {
+                            out.extend_from_slice(WS);
+                        } else {
+                            out.push(c);
+                        }
+                    }
+                } else {
+                    out.extend_from_slice(r);
+                }
+                prev_space = r.last() == Some(&b' ');
+            }
+            input = &input[n..];
+            if !rew {
+                prev_space = false;
+            }
+        }
+        if rew {
+            while out.ends_with(ws) {
+                out.truncate(out.len() - ws.len());
+            }
+        }
+        if self.add_dummy_prefix && self.treat_whitespace_as_suffix {
+            out.extend_from_slice(ws);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_rules() {
+        assert_eq!(valid_char_len(b"a"), Some(1));
+        assert_eq!(valid_char_len("中".as_bytes()), Some(3));
+        assert_eq!(valid_char_len(b"\xe4\xb8"), None);
+        assert_eq!(valid_char_len(b"\xed\xa0\x80"), None);
+        assert_eq!(valid_char_len(b"\xc0\x80"), None);
+        assert_eq!(valid_char_len(b"\xf4\x90\x80\x80"), None);
+        assert_eq!(valid_char_len("🦒".as_bytes()), Some(4));
+        let mut v = Vec::new();
+        push_bytes_lossy(&mut v, b"\xe4\xb8x");
+        assert_eq!(String::from_utf8(v).unwrap(), "\u{FFFD}\u{FFFD}x");
+    }
+
+    #[test]
+    fn identity_options() {
+        let n = Normalizer {
+            charsmap: None,
+            add_dummy_prefix: true,
+            remove_extra_whitespaces: true,
+            escape_whitespaces: true,
+            treat_whitespace_as_suffix: false,
+        };
+        let mut out = Vec::new();
+        n.normalize(b"  the   fox  ", None, &mut out);
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), "\u{2581}the\u{2581}fox");
+        n.normalize(b"   ", None, &mut out);
+        assert!(out.is_empty());
+    }
+}
