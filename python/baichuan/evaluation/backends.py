@@ -1,0 +1,103 @@
+"""Loading the model and tokenizer to evaluate: our checkpoints or any transformers causal LM folder.
+
+- Our native checkpoint folders load through ``baichuan.checkpoint.load_model``.
+- A transformers folder (``config.json`` with ``model_type`` plus weights) loads through
+  ``AutoModelForCausalLM``; remote code only with ``trust_remote_code=True`` (the folders
+  ``baichuan export-hf`` writes, or ones the user vouches for).
+- Tokenizer: an explicit ``tokenizer`` path, else ``tokenizer.model`` in the model folder, read by
+  our Rust ``Tokenizer`` (byte-identical to SentencePiece). Folders without a SentencePiece model
+  fall back to the folder's transformers tokenizer (no special tokens added).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from baichuan.evaluation.data import EvalDataError
+
+
+class TextTokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+
+class HFTokenizerAdapter:
+    """A transformers tokenizer seen through our ``encode``/``encode_batch`` interface."""
+
+    def __init__(self, tok: Any) -> None:
+        self._tok = tok
+        self.bos_id = tok.bos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+
+def load_tokenizer(model_dir: str | os.PathLike[str] | None, tokenizer: str | os.PathLike[str] | None = None) -> Any:
+    from baichuan import Tokenizer
+
+    if tokenizer is not None:
+        path = Path(tokenizer)
+        if path.is_dir():
+            path = path / "tokenizer.model"
+        if not path.is_file():
+            raise EvalDataError(f"{path}: tokenizer model not found")
+        return Tokenizer.from_file(path)
+    if model_dir is None:
+        raise EvalDataError("no tokenizer given")
+    spm = Path(model_dir) / "tokenizer.model"
+    if spm.is_file():
+        return Tokenizer.from_file(spm)
+    if _is_hf_folder(Path(model_dir)):
+        from transformers import AutoTokenizer
+
+        return HFTokenizerAdapter(AutoTokenizer.from_pretrained(str(model_dir)))
+    raise EvalDataError(f"{model_dir}: no tokenizer.model; pass --tokenizer")
+
+
+def _is_hf_folder(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    if not isinstance(data, dict) or "model_type" not in data:
+        return False
+    if "architectures" not in data and "attn_backend" in data:
+        return False  # our native folder (baichuan.checkpoint): the ModelConfig dataclass
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+               "pytorch_model.bin.index.json")
+    return any((path / w).is_file() for w in weights)
+
+
+def load_model(
+    model_dir: str | os.PathLike[str], *, device: str, dtype: Any, trust_remote_code: bool = False
+) -> Any:
+    """Our checkpoint folder or a transformers folder, in eval mode on ``device``."""
+    import torch
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise EvalDataError(f"{path}: model directory not found")
+    if _is_hf_folder(path):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    else:
+        from baichuan.checkpoint import load_model as load_native
+
+        model = load_native(path, device="cpu", dtype=dtype)
+    model = model.to(device)
+    model.eval()
+    return model
