@@ -1,15 +1,129 @@
-"""`baichuan train`: not implemented yet."""
+"""`baichuan train`: pre-train (or continue) a Baichuan model with DeepSpeed.
+
+Three ways to run it (docs/training.md):
+
+* ``baichuan train --data D --output-dir O ...``: one process (one GPU, or the CPU).
+* ``baichuan train --num-procs N ...`` (or ``--hostfile H``): starts N ranks through the
+  ``deepspeed`` launcher (on a CPU-only machine: N CPU processes over gloo).
+* ``deepspeed [--hostfile H | --num_gpus N] $(which baichuan) train ...`` or ``scripts/train.sh``:
+  the launcher starts this command on every rank.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from typing import Any
 
-HELP = "Pre-train a Baichuan model with DeepSpeed (issue 5)."
+HELP = "Pre-train a Baichuan model with DeepSpeed (shards or a text directory; exact resume)."
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+def _override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--config", help="TrainConfig JSON (e.g. a run's train_config.json); flags below override it")
+    g.add_argument("--data", help="`baichuan tokenize` output directory, or a directory of UTF-8 text files (one document per line)")
+    g.add_argument("--output-dir", help="run directory: checkpoints, metrics.jsonl, tensorboard/, loss.png")
+    g.add_argument("--model", help="model preset (7b, small, tiny) or a config.json path [7b]")
+    g.add_argument("--model-override", action="append", type=_override, default=None, metavar="KEY=VALUE",
+                   help="ModelConfig field override, repeatable (e.g. num_hidden_layers=8)")
+    g.add_argument("--init-from", help="native model folder to start from (continued pre-training)")
+    g.add_argument("--tokenizer", help="tokenizer .model (required for a text directory; checked against shards)")
+    g.add_argument("--max-length", type=int, help="tokens per training sequence [4096]")
+    g.add_argument("--steps", type=int, help="optimizer steps in total [1000]")
+    g.add_argument("--seed", type=int, help="data shuffle and init seed [1234]")
+    g.add_argument("--resume", action="store_true", default=None, help="continue from <output-dir>/checkpoints/latest")
+    o = p.add_argument_group("optimisation (override the DeepSpeed JSON)")
+    o.add_argument("--deepspeed-config", "--deepspeed_config", dest="deepspeed_config",
+                   help="DeepSpeed JSON (default: built-in, same as config/deepspeed.json)")
+    o.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)  # upstream train.sh compatibility
+    o.add_argument("--micro-batch-size", type=int)
+    o.add_argument("--gradient-accumulation-steps", type=int)
+    o.add_argument("--lr", type=float, help="peak learning rate [3e-4]")
+    o.add_argument("--min-lr-ratio", type=float, help="cosine end as a fraction of the peak [0.1]")
+    o.add_argument("--warmup-steps", type=int, help="linear warm-up steps [2000, capped at --steps]")
+    o.add_argument("--weight-decay", type=float)
+    o.add_argument("--grad-clip", type=float)
+    o.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3))
+    o.add_argument("--precision", choices=("bf16", "fp16", "fp32"))
+    o.add_argument("--activation-checkpointing", action="store_true", default=None)
+    o.add_argument("--attn-backend", choices=("auto", "sdpa", "eager", "xformers"))
+    o.add_argument("--chunked-ce", type=int, help="rows per cross-entropy chunk, 0 = plain fp32 logits [1024]")
+    c = p.add_argument_group("checkpoints and logging")
+    c.add_argument("--save-every", type=int, help="checkpoint every N steps (and at the end) [1000]")
+    c.add_argument("--keep-last", type=int, help="keep the newest K checkpoints [3]")
+    c.add_argument("--log-every", type=int, help="print a log line every N steps [1]")
+    c.add_argument("--max-nonfinite-in-row", type=int, help="stop after N NaN/inf micro-batches in a row [10]")
+    c.add_argument("--no-tensorboard", action="store_true")
+    c.add_argument("--no-plot", action="store_true")
+    c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--peak-tflops", type=float, help="per-device peak for MFU [989, H100/H200 dense bf16]")
+    lg = p.add_argument_group("launch")
+    lg.add_argument("--num-procs", type=int, help="start N local ranks through the deepspeed launcher")
+    lg.add_argument("--hostfile", help="start ranks on the hosts of this DeepSpeed hostfile")
+    lg.add_argument("--master-port", type=int)
+    lg.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+
+
+_FIELDS = {
+    "data": "data", "output_dir": "output_dir", "model": "model", "init_from": "init_from",
+    "tokenizer": "tokenizer", "max_length": "max_length", "steps": "steps", "seed": "seed",
+    "resume": "resume", "deepspeed_config": "deepspeed_config", "micro_batch_size": "micro_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps", "lr": "lr", "min_lr_ratio": "min_lr_ratio",
+    "warmup_steps": "warmup_steps", "weight_decay": "weight_decay", "grad_clip": "grad_clip",
+    "zero_stage": "zero_stage", "precision": "precision", "activation_checkpointing": "activation_checkpointing",
+    "attn_backend": "attn_backend", "chunked_ce": "chunked_ce", "save_every": "save_every",
+    "keep_last": "keep_last", "log_every": "log_every", "max_nonfinite_in_row": "max_nonfinite_in_row",
+    "peak_tflops": "peak_tflops",
+}
+
+
+def config_from_args(args: argparse.Namespace):
+    from baichuan.train_config import TrainConfig
+
+    cfg = TrainConfig.from_json_file(args.config) if args.config else TrainConfig()
+    for arg, name in _FIELDS.items():
+        v = getattr(args, arg, None)
+        if v is not None:
+            setattr(cfg, name, v)
+    if args.model_override:
+        cfg.model_overrides = {**cfg.model_overrides, **dict(args.model_override)}
+    if args.no_tensorboard:
+        cfg.tensorboard = False
+    if args.no_plot:
+        cfg.plot = False
+    if args.no_progress:
+        cfg.progress = False
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("baichuan: this command is not implemented yet")
+    try:
+        cfg = config_from_args(args)
+        cfg.validate()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"baichuan train: error: {e}", file=sys.stderr)
+        return 2
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if (args.num_procs or args.hostfile) and not launched:
+        from baichuan.launch import LaunchError, launch
+
+        try:
+            return launch(cfg, args.num_procs, args.hostfile, args.master_port)
+        except LaunchError as e:
+            print(f"baichuan train: error: {e}", file=sys.stderr)
+            return 2
+    from baichuan.train import run_and_report
+
+    return run_and_report(cfg)

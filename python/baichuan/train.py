@@ -1,0 +1,626 @@
+"""The DeepSpeed training loop: engine, schedule, data position, checkpoints, logging.
+
+Entry points:
+
+* :func:`run_training(cfg)` runs one rank. Under a launcher (``deepspeed``, ``torchrun``) it reads
+  ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` once, here; without one it is a world of one process.
+* ``python -m baichuan.train --config run.json`` is what :func:`baichuan.launch.launch` starts on
+  each rank through the ``deepspeed`` launcher (``baichuan train --num-procs N``).
+
+Run directory (``cfg.output_dir``)::
+
+    run.json                  the TrainConfig, model config and tokenizer sha256 of the run
+    metrics.jsonl             one JSON line per optimizer step (rank 0)
+    tensorboard/              TensorBoard events (ours under train/, DeepSpeed's own beside)
+    loss.png                  loss curve, written at the end
+    checkpoints/latest        tag of the newest complete checkpoint (written last)
+    checkpoints/step-N/       DeepSpeed checkpoint + trainer_state_rankR.json (data position,
+                              counters) + rng_state_rankR.safetensors + model/ (native folder:
+                              config.json + model.safetensors [+ tokenizer.model])
+
+A step is one optimizer step: ``gradient_accumulation_steps`` micro-batches on every rank, each
+micro-batch ``(micro_batch, max_length + 1)`` tokens split into inputs ``[:, :-1]`` and targets
+``[:, 1:]``. A micro-batch whose loss is NaN/inf on any rank is skipped on all ranks (no backward,
+no DeepSpeed micro-step, so accumulation boundaries stay aligned) and counted; after
+``max_nonfinite_in_row`` such micro-batches in a row the run stops with an error.
+
+Throughput: tokens/s counts target tokens of all ranks; TFLOPS per device =
+``flops_per_token(config, max_length) * tokens/s / world_size`` with
+``flops_per_token = 6 * N_nonembed + 12 * layers * hidden * seq`` (``baichuan.model``), and
+MFU = TFLOPS / ``peak_tflops`` (989 for H100/H200 dense bf16).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from baichuan.train_config import TrainConfig, build_deepspeed_config, precision_of
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (bad input, diverged loss, inconsistent checkpoint)."""
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @classmethod
+    def from_env(cls) -> DistEnv:
+        """The launcher's rank variables (the only environment this package reads)."""
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+        return cls(rank, local, world)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: dict[int, float] = field(default_factory=dict)
+    last_checkpoint: str | None = None
+    nonfinite_skipped: int = 0
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+def checkpoint_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.output_dir) / "checkpoints"
+
+
+def step_tag(step: int) -> str:
+    return f"step-{step}"
+
+
+def latest_tag(ckpt_dir: Path) -> str | None:
+    p = ckpt_dir / "latest"
+    if not p.is_file():
+        return None
+    tag = p.read_text(encoding="utf-8").strip()
+    if not tag or "/" in tag or tag.startswith("."):
+        raise TrainingError(f"{p}: does not name a checkpoint ({tag!r})")
+    if not (ckpt_dir / tag).is_dir():
+        raise TrainingError(f"{p} names {tag}, but {ckpt_dir / tag} does not exist")
+    return tag
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def prune_checkpoints(ckpt_dir: Path, keep_last: int, protect: str) -> list[str]:
+    """Delete ``step-N`` folders beyond the newest ``keep_last`` (never ``protect``)."""
+    tags = []
+    for p in ckpt_dir.glob("step-*"):
+        try:
+            tags.append((int(p.name.split("-", 1)[1]), p.name))
+        except ValueError:
+            continue
+    tags.sort()
+    removed = []
+    for _, name in tags[: max(0, len(tags) - keep_last)]:
+        if name != protect:
+            shutil.rmtree(ckpt_dir / name, ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
+# ----------------------------------------------------------------------------------- the run
+def _model_config(cfg: TrainConfig, vocab_hint: int | None, saved: dict[str, Any] | None):
+    from baichuan.config import ModelConfig
+
+    if saved is not None:  # resuming: the checkpoint's architecture wins
+        mc = ModelConfig.from_dict(saved)
+    elif cfg.init_from:
+        mc = ModelConfig.from_json_file(Path(cfg.init_from) / "config.json")
+    elif cfg.model.endswith(".json") or os.sep in cfg.model:
+        mc = ModelConfig.from_json_file(cfg.model)
+    else:
+        overrides = dict(cfg.model_overrides)
+        if "vocab_size" not in overrides and vocab_hint is not None:
+            overrides["vocab_size"] = vocab_hint
+        return ModelConfig.preset(cfg.model, **overrides)
+    for k, v in cfg.model_overrides.items():
+        if saved is None or k in ("attn_backend", "gradient_checkpointing"):
+            setattr(mc, k, v)
+    mc.validate()
+    return mc
+
+
+def _tokenizer_vocab(cfg: TrainConfig) -> tuple[int | None, str | None, int | None]:
+    """(vocab_size, sha256, eos_id) of the data's tokenizer, from the manifest or the .model file."""
+    from baichuan.data import ShardManifest, file_sha256, is_shard_dir
+
+    if cfg.tokenizer:
+        tp = Path(cfg.tokenizer)
+        if not tp.is_file():
+            raise TrainingError(f"tokenizer not found: {tp}")
+        from baichuan import Tokenizer
+
+        tok = Tokenizer.from_file(tp)
+        return tok.vocab_size, file_sha256(tp), tok.eos_id
+    if is_shard_dir(cfg.data):
+        m = ShardManifest.load(cfg.data)
+        return m.vocab_size, m.tokenizer_sha256, m.eos_id
+    return None, None, None
+
+
+def run_training(cfg: TrainConfig) -> TrainResult:
+    """Train one rank; see the module docstring."""
+    cfg.validate()
+    env = DistEnv.from_env()
+    added: list[str] = []
+    if env.world_size == 1:  # no launcher: a world of one, for this call only
+        from baichuan.launch import free_port
+
+        for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port())), ("RANK", "0"),
+                           ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+            if key not in os.environ:
+                os.environ[key] = value
+                added.append(key)
+    try:
+        return _run(cfg, env)
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
+    import numpy as np
+    import torch
+
+    from baichuan import data as data_mod
+
+    data_path = Path(cfg.data)
+    if not data_path.exists():
+        raise data_mod.DataError(f"training data not found: {data_path}")
+    run_dir = Path(cfg.output_dir)
+    ckpt_dir = checkpoint_dir(cfg)
+
+    # What was recorded when the run started (resume) wins over the command line for the model.
+    run_json = run_dir / "run.json"
+    record: dict[str, Any] | None = None
+    tag = None
+    if cfg.resume:
+        tag = latest_tag(ckpt_dir)
+        if tag is not None:
+            if not run_json.is_file():
+                raise TrainingError(f"cannot resume: {run_json} is missing")
+            record = json.loads(run_json.read_text(encoding="utf-8"))
+
+    vocab_hint, data_sha, eos_id = _tokenizer_vocab(cfg)
+    expected_sha = record.get("tokenizer_sha256") if record else None
+    expected_from = f"recorded in {run_json}" if expected_sha else ""
+    if cfg.init_from:
+        init_tok = Path(cfg.init_from) / "tokenizer.model"
+        if init_tok.is_file() and not expected_sha:
+            expected_sha, expected_from = data_mod.file_sha256(init_tok), str(init_tok)
+    if cfg.tokenizer and not expected_sha:
+        expected_sha, expected_from = data_sha, f"--tokenizer {cfg.tokenizer}"
+    if cfg.tokenizer and expected_sha and data_sha != expected_sha:
+        raise data_mod.DataError(
+            f"--tokenizer {cfg.tokenizer} is not the model's tokenizer ({expected_from}); sha256 differs"
+        )
+
+    mcfg = _model_config(cfg, vocab_hint, record.get("model_config") if record else None)
+    if cfg.attn_backend is not None:
+        mcfg.attn_backend = cfg.attn_backend
+    mcfg.gradient_checkpointing = cfg.activation_checkpointing
+
+    cuda = torch.cuda.is_available()
+    ds_config = build_deepspeed_config(cfg, cpu=not cuda)
+    micro_batch = int(ds_config["train_micro_batch_size_per_gpu"])
+    grad_accum = int(ds_config.get("gradient_accumulation_steps", 1))
+    zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+    # Data first: bad input fails before DeepSpeed starts and the model is built.
+    rank_state: dict[str, Any] | None = None
+    if tag is not None:
+        state_file = ckpt_dir / tag / f"trainer_state_rank{env.rank:05d}.json"
+        if not state_file.is_file():
+            raise TrainingError(f"cannot resume from {ckpt_dir / tag}: {state_file.name} is missing (incomplete checkpoint?)")
+        rank_state = json.loads(state_file.read_text(encoding="utf-8"))
+    source = data_mod.open_source(
+        cfg.data,
+        seq_len=cfg.max_length + 1,
+        micro_batch=micro_batch,
+        rank=env.rank,
+        world_size=env.world_size,
+        seed=cfg.seed,
+        vocab_size=mcfg.vocab_size,
+        tokenizer_path=cfg.tokenizer,
+        expected_tokenizer_sha256=expected_sha,
+        expected_from=expected_from,
+        state=rank_state["data"] if rank_state else None,
+        encode_threads=cfg.encode_threads,
+    )
+    tokenizer_sha = expected_sha or data_sha
+    if isinstance(source, data_mod.ShardSource):
+        tokenizer_sha = source.manifest.tokenizer_sha256
+
+    import deepspeed
+
+    if cuda:
+        torch.cuda.set_device(env.local_rank)
+    device = torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
+    deepspeed.init_distributed(dist_backend=cfg.dist_backend or ("nccl" if cuda else "gloo"))
+    import torch.distributed as dist
+
+    is_main = env.rank == 0
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if record is None:
+            record = {
+                "train_config": cfg.to_dict(),
+                "model_config": mcfg.to_dict(),
+                "tokenizer_sha256": tokenizer_sha,
+                "deepspeed_config": ds_config,
+                "world_size": env.world_size,
+            }
+            _write_atomic(run_json, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+    from baichuan.model import BaichuanForCausalLM, flops_per_token
+
+    torch.manual_seed(cfg.seed)
+    if zero_stage == 3:
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):
+            model = BaichuanForCausalLM(mcfg)
+    else:
+        model = BaichuanForCausalLM(mcfg)
+    if cfg.init_from and tag is None:
+        if zero_stage == 3:
+            raise TrainingError("--init-from with ZeRO-3 is not supported; start from a ZeRO-2 run or resume")
+        from baichuan.checkpoint import check_state_dict
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(cfg.init_from) / "model.safetensors"))
+        model.load_state_dict(check_state_dict(model, state, cfg.init_from), strict=True)
+
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
+    )
+
+    start_step = 0
+    nonfinite_total = 0
+    tokens_seen = 0
+    if tag is not None:
+        load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        if load_path is None:
+            raise TrainingError(f"DeepSpeed could not load the checkpoint {ckpt_dir / tag}")
+        assert rank_state is not None
+        start_step = int(rank_state["step"])
+        nonfinite_total = int(rank_state.get("nonfinite_total", 0))
+        tokens_seen = int(rank_state.get("tokens_seen", 0))
+        _load_rng(ckpt_dir / tag / f"rng_state_rank{env.rank:05d}.safetensors")
+        if engine.global_steps != start_step:
+            raise TrainingError(f"{ckpt_dir / tag}: DeepSpeed is at step {engine.global_steps}, trainer state at {start_step}")
+
+    log = _Logger(cfg, run_dir, is_main, start_step)
+    flops_tok = flops_per_token(mcfg, cfg.max_length)
+    tokens_per_step = env.world_size * micro_batch * grad_accum * cfg.max_length
+    if is_main:
+        log.info(
+            f"model {cfg.model} {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params "
+            f"(layers={mcfg.num_hidden_layers} hidden={mcfg.hidden_size} vocab={mcfg.vocab_size}); "
+            f"{env.world_size} rank(s) on {device.type}, ZeRO-{zero_stage}, {precision_of(ds_config)}, "
+            f"micro-batch {micro_batch} x accumulation {grad_accum} x seq {cfg.max_length}; data: {source.describe()}"
+            + (f"; resumed from {ckpt_dir / tag} at step {start_step}" if tag else "")
+        )
+
+    result = TrainResult(steps=start_step, nonfinite_skipped=nonfinite_total)
+    last_saved = start_step if tag is not None else -1
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        t = step_tag(step)
+        tag_dir = ckpt_dir / t
+        tag_dir.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        state = {
+            "step": step,
+            "data": source.state_dict(),
+            "nonfinite_total": nonfinite_total,
+            "tokens_seen": tokens_seen,
+            "rank": env.rank,
+            "world_size": env.world_size,
+        }
+        _write_atomic(tag_dir / f"trainer_state_rank{env.rank:05d}.json", json.dumps(state) + "\n")
+        _save_rng(tag_dir / f"rng_state_rank{env.rank:05d}.safetensors")
+        engine.save_checkpoint(
+            str(ckpt_dir), tag=t, client_state={"train_config": cfg.to_dict()}, save_latest=False
+        )
+        _save_native(engine, zero_stage, tag_dir / "model", is_main, cfg.tokenizer)
+        dist.barrier()
+        if is_main:
+            _write_atomic(ckpt_dir / "latest", t + "\n")
+            removed = prune_checkpoints(ckpt_dir, cfg.keep_last, protect=t)
+            log.info(f"checkpoint saved: {tag_dir}" + (f" (removed {', '.join(removed)})" if removed else ""))
+        result.last_checkpoint = str(tag_dir)
+        last_saved = step
+
+    step = start_step
+    in_row = 0
+    micro = 0
+    acc_loss = 0.0
+    acc_n = 0
+    fingerprint = 0
+    t_last = time.perf_counter()
+    vocab = mcfg.vocab_size
+    engine.train()
+    try:
+        while step < cfg.steps:
+            batch = source.next_batch()
+            top = int(batch.max())
+            if top >= vocab:
+                raise data_mod.DataError(f"{cfg.data}: token id {top} is outside the model's vocabulary ({vocab})")
+            fingerprint = zlib.crc32(batch.tobytes(), fingerprint)
+            x = torch.from_numpy(batch).to(device, non_blocking=True)
+            micro += 1
+            from baichuan.losses import lm_loss
+
+            chunk = cfg.chunked_ce if zero_stage != 3 else 0
+            loss = lm_loss(engine, x[:, :-1], x[:, 1:], chunk)
+            if micro in cfg.inject_nonfinite:
+                loss = loss * float("nan")
+            ok = torch.isfinite(loss.detach()).to(torch.float32)
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+            if ok.item() < 1.0:
+                in_row += 1
+                nonfinite_total += 1
+                log.info(f"step {step + 1}: non-finite loss, micro-batch skipped ({in_row} in a row, {nonfinite_total} in all)")
+                if in_row >= cfg.max_nonfinite_in_row:
+                    raise TrainingError(
+                        f"loss was NaN/inf for {in_row} micro-batches in a row (limit max_nonfinite_in_row="
+                        f"{cfg.max_nonfinite_in_row}); stopping. Lower the learning rate or check the data, then "
+                        "resume from the last checkpoint"
+                    )
+                del loss
+                continue
+            in_row = 0
+            engine.backward(loss)
+            lr = float(engine.get_lr()[0])
+            engine.step()
+            acc_loss += float(loss.detach().float().item())
+            acc_n += 1
+            if engine.global_steps == step:
+                continue  # inside gradient accumulation
+            step = engine.global_steps
+            tokens_seen += tokens_per_step
+            now = time.perf_counter()
+            dt = now - t_last
+            stats = torch.tensor([acc_loss / max(acc_n, 1), float(fingerprint)], dtype=torch.float64)
+            gathered = [torch.zeros_like(stats) for _ in range(env.world_size)]
+            dist.all_gather(gathered, stats)
+            rank_losses = [float(g[0]) for g in gathered]
+            mean_loss = sum(rank_losses) / len(rank_losses)
+            gn = engine.get_global_grad_norm()
+            grad_norm = float(gn) if gn is not None else float("nan")
+            tps = tokens_per_step / dt if dt > 0 else 0.0
+            tflops = flops_tok * tps / env.world_size / 1e12
+            record_line = {
+                "step": step,
+                "loss": mean_loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tps,
+                "tflops_per_device": tflops,
+                "mfu": tflops / cfg.peak_tflops,
+                "step_time_s": dt,
+                "tokens_seen": tokens_seen,
+                "nonfinite_skipped": nonfinite_total,
+                "rank_losses": rank_losses,
+                "rank_data_crc32": [int(g[1]) for g in gathered],
+            }
+            result.losses[step] = mean_loss
+            result.steps = step
+            result.nonfinite_skipped = nonfinite_total
+            log.step(record_line)
+            acc_loss, acc_n, fingerprint = 0.0, 0, 0
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                save(step)
+            t_last = time.perf_counter()
+        if last_saved != step:
+            save(step)
+    finally:
+        source.close()
+        log.close()
+    if is_main and cfg.plot:
+        png = plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        if png:
+            log.info(f"loss curve: {png}")
+    return result
+
+
+# ------------------------------------------------------------------------------ helpers
+def _save_rng(path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["torch_cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, str(path))
+
+
+def _load_rng(path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise TrainingError(f"cannot resume: {path} is missing")
+    t = load_file(str(path))
+    torch.set_rng_state(t["torch_cpu"])
+    if "torch_cuda" in t and torch.cuda.is_available():
+        torch.cuda.set_rng_state(t["torch_cuda"])
+
+
+def _save_native(engine: Any, zero_stage: int, out: Path, is_main: bool, tokenizer: str | None) -> None:
+    """The native model folder (rank 0), gathering ZeRO-3 partitions first."""
+    from baichuan.checkpoint import save_model
+
+    module = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            if is_main:
+                save_model(module, out)
+    elif is_main:
+        save_model(module, out)
+    if is_main and tokenizer:
+        shutil.copyfile(tokenizer, out / "tokenizer.model")
+
+
+class _Logger:
+    """Rank-0 output: a tqdm progress bar, log lines, metrics.jsonl and TensorBoard."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, is_main: bool, start_step: int) -> None:
+        self.cfg, self.is_main = cfg, is_main
+        self.bar = None
+        self.writer = None
+        self.metrics = None
+        if not is_main:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "metrics.jsonl"
+        kept = []
+        if path.is_file():  # drop lines beyond the resumed step (written after the checkpoint)
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] <= start_step:
+                        kept.append(line)
+                except (ValueError, KeyError):
+                    continue
+        _write_atomic(path, "".join(x + "\n" for x in kept))
+        self.metrics = open(path, "a", encoding="utf-8")
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard" / "train"), purge_step=start_step + 1)
+            except ImportError:
+                self.info("tensorboard is not installed; TensorBoard logging is off")
+        if cfg.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def info(self, msg: str) -> None:
+        if not self.is_main:
+            return
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def step(self, r: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        assert self.metrics is not None
+        self.metrics.write(json.dumps(r) + "\n")
+        self.metrics.flush()
+        s = r["step"]
+        if self.writer is not None:
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device", "mfu"):
+                v = r[key]
+                if isinstance(v, float) and math.isfinite(v):
+                    self.writer.add_scalar(f"train/{key}", v, s)
+        if self.bar is not None:
+            self.bar.update(s - self.bar.n)
+            self.bar.set_postfix(
+                loss=f"{r['loss']:.4f}", lr=f"{r['lr']:.2e}", tok_s=f"{r['tokens_per_s']:.0f}", mfu=f"{r['mfu']:.1%}",
+                refresh=False,
+            )
+        if s % self.cfg.log_every == 0 or s == self.cfg.steps:
+            self.info(
+                f"step {s}/{self.cfg.steps} loss {r['loss']:.4f} lr {r['lr']:.3e} grad_norm {r['grad_norm']:.3f} "
+                f"tokens/s {r['tokens_per_s']:.0f} TFLOPS {r['tflops_per_device']:.2f} MFU {r['mfu']:.2%}"
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def plot_loss_curve(metrics: Path, out: Path) -> Path | None:
+    """Loss against step from ``metrics.jsonl`` as a PNG (None when there is nothing to plot)."""
+    steps, losses = [], []
+    if not metrics.is_file():
+        return None
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"]):
+            steps.append(r["step"])
+            losses.append(r["loss"])
+    if not steps:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(steps, losses, lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{metrics.parent.name}: training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m baichuan.train --config run.json``: one rank (used by the launcher)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m baichuan.train")
+    p.add_argument("--config", required=True, help="TrainConfig JSON")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    cfg = TrainConfig.from_json_file(args.config)
+    return run_and_report(cfg)
+
+
+def run_and_report(cfg: TrainConfig) -> int:
+    """Run one rank; a clear one-line error and exit status 2 for bad input."""
+    from baichuan.data import DataError
+
+    try:
+        run_training(cfg)
+    except (DataError, TrainingError, FileNotFoundError, ValueError) as e:
+        print(f"baichuan train: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

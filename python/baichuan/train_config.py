@@ -1,0 +1,216 @@
+"""The training run's configuration: one dataclass from the command line down.
+
+``TrainConfig`` holds what a run needs besides the DeepSpeed JSON (``config/deepspeed.json``
+shape: ZeRO stage, precision, optimizer, schedule). :func:`build_deepspeed_config` merges the two:
+the JSON file gives the defaults (as upstream's ``--deepspeed_config``), the dataclass fields that
+are set (not ``None``) override it, so ``baichuan train --lr 1e-4`` and an edited JSON both work.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+# The defaults used when no --deepspeed-config is given; config/deepspeed.json is the same content.
+DEFAULT_DEEPSPEED: dict[str, Any] = {
+    "train_micro_batch_size_per_gpu": 1,
+    "gradient_accumulation_steps": 1,
+    "prescale_gradients": False,
+    "zero_allow_untested_optimizer": True,
+    "optimizer": {
+        "type": "AdamW",
+        "params": {"lr": 3e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "torch_adam": True},
+    },
+    "scheduler": {
+        "type": "WarmupCosineLR",
+        "params": {
+            "total_num_steps": 100000,
+            "warmup_num_steps": 2000,
+            "warmup_type": "linear",
+            "warmup_min_ratio": 0.0,
+            "cos_min_ratio": 0.1,
+        },
+    },
+    "tensorboard": {"enabled": True, "output_path": "logs/", "job_name": "baichuan-7b-pt"},
+    "zero_optimization": {
+        "stage": 2,
+        "contiguous_gradients": False,
+        "allgather_bucket_size": 1e8,
+        "reduce_bucket_size": 1e8,
+        "overlap_comm": True,
+        "reduce_scatter": True,
+    },
+    "steps_per_print": 1000000,
+    "gradient_clipping": 1.0,
+    "wall_clock_breakdown": False,
+    "bf16": {"enabled": True},
+}
+
+
+@dataclass
+class TrainConfig:
+    """A training run. Paths are checked when the run starts (``baichuan.train``)."""
+
+    data: str = ""
+    output_dir: str = "runs/baichuan"
+    # Model: a preset name ("7b", "small", "tiny") or a config.json path; overrides are ModelConfig fields.
+    model: str = "7b"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    # Start from these weights (a native model folder from `baichuan.checkpoint.save_model`).
+    init_from: str | None = None
+    # The tokenizer .model: needed for a text directory; for shards its sha256 is checked against the manifest.
+    tokenizer: str | None = None
+    max_length: int = 4096
+    steps: int = 1000
+    seed: int = 1234
+    # DeepSpeed JSON giving the defaults below; None means DEFAULT_DEEPSPEED.
+    deepspeed_config: str | None = None
+    # Overrides of the DeepSpeed JSON (None: keep the JSON's value).
+    micro_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    lr: float | None = None
+    min_lr_ratio: float | None = None
+    warmup_steps: int | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    zero_stage: int | None = None
+    precision: str | None = None
+    # Runtime.
+    activation_checkpointing: bool = False
+    attn_backend: str | None = None
+    chunked_ce: int = 1024  # rows per cross-entropy chunk; 0 = plain fp32 logits
+    save_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 1
+    max_nonfinite_in_row: int = 10
+    resume: bool = False
+    tensorboard: bool = True
+    plot: bool = True
+    progress: bool = True
+    dist_backend: str | None = None  # default: nccl on CUDA, gloo on CPU
+    peak_tflops: float = 989.0  # per device, dense bf16 (H100/H200 SXM datasheet)
+    encode_threads: int | None = None
+    # Testing aid: steps (1-based micro-batch counter) whose loss is replaced by NaN, to exercise the guard.
+    inject_nonfinite: list[int] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ValueError("no training data given (--data: a `baichuan tokenize` output or a directory of text files)")
+        if not self.output_dir:
+            raise ValueError("no output directory given")
+        for name in ("max_length", "steps", "save_every", "keep_last", "log_every", "max_nonfinite_in_row"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.chunked_ce < 0:
+            raise ValueError(f"chunked_ce must be >= 0, got {self.chunked_ce}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0..3, got {self.zero_stage}")
+        for name in ("micro_batch_size", "gradient_accumulation_steps", "warmup_steps"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name} must be positive, got {v}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json_file(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"training config not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data)
+
+
+def load_deepspeed_json(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    if path is None:
+        return copy.deepcopy(DEFAULT_DEEPSPEED)
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"DeepSpeed config not found: {p}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p}: cannot read the DeepSpeed config ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: the DeepSpeed config must be a JSON object")
+    return data
+
+
+def build_deepspeed_config(cfg: TrainConfig, *, cpu: bool) -> dict[str, Any]:
+    """The DeepSpeed config dict for this run (file defaults + ``cfg`` overrides)."""
+    ds = load_deepspeed_json(cfg.deepspeed_config)
+    if cfg.micro_batch_size is not None:
+        ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+    if cfg.gradient_accumulation_steps is not None:
+        ds["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
+    ds.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
+    opt = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    params = opt.setdefault("params", {})
+    if cfg.lr is not None:
+        params["lr"] = cfg.lr
+    if cfg.weight_decay is not None:
+        params["weight_decay"] = cfg.weight_decay
+    if cpu:
+        params["torch_adam"] = True  # DeepSpeed's fused Adam is a CUDA kernel
+    if cfg.grad_clip is not None:
+        ds["gradient_clipping"] = cfg.grad_clip
+    sched = ds.get("scheduler")
+    if sched is not None and sched.get("type") == "WarmupCosineLR":
+        sp = sched.setdefault("params", {})
+        sp["total_num_steps"] = cfg.steps
+        if cfg.warmup_steps is not None:
+            sp["warmup_num_steps"] = cfg.warmup_steps
+        sp["warmup_num_steps"] = max(1, min(int(sp.get("warmup_num_steps", 1)), cfg.steps))
+        if cfg.min_lr_ratio is not None:
+            sp["cos_min_ratio"] = cfg.min_lr_ratio
+    zero = ds.setdefault("zero_optimization", {"stage": 2})
+    if cfg.zero_stage is not None:
+        zero["stage"] = cfg.zero_stage
+    if zero.get("stage") == 3:
+        # ZeRO-3 keeps no reduce_scatter/allgather bucket semantics of stage 2.
+        for key in ("allgather_bucket_size", "reduce_scatter"):
+            zero.pop(key, None)
+    precision = cfg.precision
+    if precision is None:
+        precision = "bf16" if ds.get("bf16", {}).get("enabled") else "fp16" if ds.get("fp16", {}).get("enabled") else "fp32"
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
+    ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
+    tb = ds.setdefault("tensorboard", {})
+    if not cfg.tensorboard:
+        tb["enabled"] = False
+    else:
+        tb["output_path"] = str(Path(cfg.output_dir) / "tensorboard")
+        tb.setdefault("job_name", "deepspeed")
+    ds["steps_per_print"] = max(int(ds.get("steps_per_print", 1000000)), 1000000)
+    return ds
+
+
+def precision_of(ds: dict[str, Any]) -> str:
+    if ds.get("bf16", {}).get("enabled"):
+        return "bf16"
+    if ds.get("fp16", {}).get("enabled"):
+        return "fp16"
+    return "fp32"

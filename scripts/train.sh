@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Pre-training launch in upstream Baichuan-7B's style: DeepSpeed's launcher over config/hostfile,
+# DeepSpeed settings from config/deepspeed.json, everything else as `baichuan train` flags:
+#
+#   bash scripts/train.sh --data shards/ --tokenizer tokenizer.model --output-dir runs/7b --model 7b
+#
+# HOSTFILE (default config/hostfile), DS_CONFIG (default config/deepspeed.json) and PYTHON (default
+# python3) may be set in the environment; extra DeepSpeed launcher flags go in DS_LAUNCH_ARGS
+# (e.g. DS_LAUNCH_ARGS="--force_multi" for pdsh across hosts, or "--include localhost:0,1").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HOSTFILE="${HOSTFILE:-config/hostfile}"
+DS_CONFIG="${DS_CONFIG:-config/deepspeed.json}"
+PYTHON="${PYTHON:-python3}"
+# Fail early, with the file named, instead of DeepSpeed's "will proceed with local resources only".
+"$PYTHON" -c 'import sys; from baichuan.launch import parse_hostfile, LaunchError
+try:
+    hosts = parse_hostfile(sys.argv[1])
+except LaunchError as e:
+    sys.exit(f"train.sh: error: {e}")
+print(f"train.sh: {len(hosts)} host(s), {sum(hosts.values())} slot(s) from {sys.argv[1]}", file=sys.stderr)' "$HOSTFILE"
+# The launcher is run with $PYTHON so every rank uses the interpreter that has this package.
+# shellcheck disable=SC2086
+exec "$PYTHON" -m deepspeed.launcher.runner --hostfile "$HOSTFILE" ${DS_LAUNCH_ARGS:-} --no_local_rank \
+    --module baichuan.cli train --deepspeed_config "$DS_CONFIG" "$@"

@@ -1,0 +1,170 @@
+"""Training pieces that need no launcher: the chunked cross entropy against PyTorch's, the DeepSpeed
+config merge, hostfile parsing, checkpoint pruning, and `baichuan train`'s errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baichuan.cli import main as cli_main
+from baichuan.launch import LaunchError, deepspeed_command, parse_hostfile
+from baichuan.losses import chunked_cross_entropy, lm_loss
+from baichuan.train import prune_checkpoints
+from baichuan.train_config import DEFAULT_DEEPSPEED, TrainConfig, build_deepspeed_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SPM = SHARED / "spm-models" / "llama2.model"
+OTHER_SPM = SHARED / "spm-models" / "mistral-7b-v1.model"
+
+
+# ------------------------------------------------------------------------- chunked cross entropy
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_chunked_cross_entropy_matches_pytorch_fp32(chunk: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(50, 16, generator=g, dtype=torch.float64).float().requires_grad_()
+    w = (0.3 * torch.randn(300, 16, generator=g)).requires_grad_()
+    t = torch.randint(0, 300, (50,), generator=g)
+    t[[3, 17]] = -100
+    ref = F.cross_entropy((h @ w.t()).float(), t, ignore_index=-100)
+    gh, gw = torch.autograd.grad(ref * 1.7, (h, w))
+    h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    got = chunked_cross_entropy(h2, w2, t, chunk_size=chunk)
+    (got * 1.7).backward()
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(h2.grad, gh, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(w2.grad, gw, rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_cross_entropy_bf16_close_to_fp32_reference() -> None:
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(2, 40, 32, generator=g).bfloat16().requires_grad_()
+    w = (0.2 * torch.randn(500, 32, generator=g)).bfloat16().requires_grad_()
+    t = torch.randint(0, 500, (2, 40), generator=g)
+    ref = F.cross_entropy((h.float() @ w.float().t()).reshape(-1, 500), t.reshape(-1))
+    gh, gw = torch.autograd.grad(ref, (h, w))
+    got = chunked_cross_entropy(h, w, t, chunk_size=16)
+    got.backward()
+    assert got.dtype == torch.float32 and h.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(got, ref, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(h.grad.float(), gh.float(), rtol=2e-2, atol=2e-4)
+    torch.testing.assert_close(w.grad.float(), gw.float(), rtol=2e-2, atol=2e-4)
+
+
+def test_lm_loss_chunked_equals_plain_on_the_model() -> None:
+    from baichuan.config import ModelConfig
+    from baichuan.model import BaichuanForCausalLM
+
+    torch.manual_seed(0)
+    model = BaichuanForCausalLM(ModelConfig.preset("tiny", vocab_size=1000))
+    x = torch.randint(0, 1000, (2, 33))
+    plain = lm_loss(model, x[:, :-1], x[:, 1:], 0)
+    gp = torch.autograd.grad(plain, list(model.parameters()))
+    chunked = lm_loss(model, x[:, :-1], x[:, 1:], 10)
+    gc = torch.autograd.grad(chunked, list(model.parameters()))
+    torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
+    # the model's own loss (labels shifted inside) on the full sequence predicts the same targets
+    own = model(x, labels=x).loss
+    assert own is not None
+    torch.testing.assert_close(plain.detach(), own.detach(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(gc, gp):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ configuration
+def test_deepspeed_config_defaults_and_overrides(tmp_path: Path) -> None:
+    shipped = json.loads((REPO / "config" / "deepspeed.json").read_text())
+    assert shipped == DEFAULT_DEEPSPEED, "config/deepspeed.json and DEFAULT_DEEPSPEED must agree"
+    opt = shipped["optimizer"]["params"]
+    assert opt["betas"] == [0.9, 0.95] and opt["eps"] == 1e-8 and opt["weight_decay"] == 0.1
+    assert shipped["zero_optimization"]["stage"] == 2 and shipped["bf16"]["enabled"]
+    assert shipped["gradient_clipping"] == 1.0 and shipped["tensorboard"]["enabled"]
+    assert shipped["scheduler"]["type"] == "WarmupCosineLR" and opt["lr"] > 1e-6
+    cfg = TrainConfig(data="d", output_dir=str(tmp_path), steps=50, lr=1e-4, warmup_steps=500, zero_stage=3,
+                      precision="fp32", micro_batch_size=4, gradient_accumulation_steps=2)
+    ds = build_deepspeed_config(cfg, cpu=True)
+    assert ds["optimizer"]["params"]["lr"] == 1e-4 and ds["optimizer"]["params"]["torch_adam"]
+    assert ds["scheduler"]["params"]["total_num_steps"] == 50
+    assert ds["scheduler"]["params"]["warmup_num_steps"] == 50  # capped at the run length
+    assert ds["zero_optimization"]["stage"] == 3 and not ds["bf16"]["enabled"]
+    assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 2
+    assert ds["tensorboard"]["output_path"] == str(tmp_path / "tensorboard")
+    rt = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert rt == cfg
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainConfig.from_dict({"dataa": 1})
+
+
+def test_hostfile_parsing(tmp_path: Path) -> None:
+    shipped = parse_hostfile(REPO / "config" / "hostfile")
+    assert shipped and all(v > 0 for v in shipped.values())
+    hf = tmp_path / "hostfile"
+    hf.write_text("# comment\nworker-1 slots=8\n\n10.0.0.2 slots=4  # trailing\n")
+    assert parse_hostfile(hf) == {"worker-1": 8, "10.0.0.2": 4}
+    with pytest.raises(LaunchError, match="hostfile not found"):
+        parse_hostfile(tmp_path / "missing")
+    hf.write_text("[master address] slots=8\n")
+    with pytest.raises(LaunchError, match=r"hostfile:1: expected 'HOSTNAME slots=N'"):
+        parse_hostfile(hf)
+    hf.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(LaunchError, match="cannot be read"):
+        parse_hostfile(hf)
+    cmd = deepspeed_command("x.json", 2, master_port=1234)
+    assert cmd[-5:] == ["--no_local_rank", "--module", "baichuan.train", "--config", "x.json"]
+    assert "--num_gpus" in cmd and cmd[cmd.index("--num_gpus") + 1] == "2"
+
+
+def test_prune_keeps_newest(tmp_path: Path) -> None:
+    for s in (5, 10, 15, 20):
+        (tmp_path / f"step-{s}").mkdir()
+    assert prune_checkpoints(tmp_path, 2, protect="step-20") == ["step-5", "step-10"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-15", "step-20"]
+
+
+# ------------------------------------------------------------------------------ bad input (CLI)
+def _err(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert cli_main(["train", *argv]) == 2
+    return capsys.readouterr().err
+
+
+def test_bad_input_gives_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_data import synthetic_shards, write_shards
+
+    base = ["--output-dir", str(tmp_path / "run"), "--model", "tiny", "--no-progress"]
+    assert "training data not found" in _err(capsys, ["--data", str(tmp_path / "missing"), *base])
+    assert "no training data given" in _err(capsys, base)
+    tok = tmp_path / "t.model"
+    tok.write_bytes(b"x")
+    empty = write_shards(tmp_path / "empty", [], tok, 32000, n_shards=1)
+    assert "hold no tokens" in _err(capsys, ["--data", str(empty), *base])
+    big = synthetic_shards(tmp_path / "big")
+    m = json.loads((big / "manifest.json").read_text())
+    m["tokenizer"]["vocab_size"] = 70000
+    (big / "manifest.json").write_text(json.dumps(m))
+    assert "does not fit dtype uint16" in _err(capsys, ["--data", str(big), *base])
+    assert "hostfile not found" in _err(capsys, ["--data", str(empty), "--hostfile", str(tmp_path / "nohost"), *base])
+    if SPM.is_file() and OTHER_SPM.is_file():
+        shards = synthetic_shards(tmp_path / "llama")
+        m = json.loads((shards / "manifest.json").read_text())
+        from baichuan.data import file_sha256
+
+        m["tokenizer"]["sha256"] = file_sha256(SPM)
+        (shards / "manifest.json").write_text(json.dumps(m))
+        err = _err(capsys, ["--data", str(shards), "--tokenizer", str(OTHER_SPM), *base])
+        assert "different tokenizer" in err and "re-run `baichuan tokenize`" in err
+
+
+def test_train_sh_rejects_an_unreadable_hostfile(tmp_path: Path) -> None:
+    r = subprocess.run(
+        ["bash", str(REPO / "scripts" / "train.sh"), "--data", str(tmp_path)],
+        env={**os.environ, "HOSTFILE": str(tmp_path / "nope"), "PYTHON": sys.executable},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode != 0 and "hostfile not found" in r.stderr
