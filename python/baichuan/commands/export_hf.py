@@ -1,15 +1,50 @@
-"""`baichuan export-hf`: not implemented yet."""
+"""`baichuan export-hf`: a checkpoint -> a transformers folder loadable with trust_remote_code."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-HELP = "Export a checkpoint to a Hugging Face transformers folder (issue 4)."
+HELP = "Export a checkpoint (native folder, DeepSpeed checkpoint or transformers folder) to a transformers folder."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument(
+        "--checkpoint", required=True,
+        help="native model folder (config.json + model.safetensors), DeepSpeed checkpoint directory "
+        "(with `latest`, or one global_stepN folder), or a transformers/official baichuan-7B folder",
+    )
+    parser.add_argument("--output", required=True, help="folder to write (must be empty or absent)")
+    parser.add_argument("--tokenizer", help="SentencePiece .model (default: CHECKPOINT/tokenizer.model)")
+    parser.add_argument(
+        "--config", help="model config.json or preset name, for DeepSpeed checkpoints without one beside them"
+    )
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        help="weight dtype to write (auto keeps the checkpoint's; DeepSpeed consolidation gives float32)",
+    )
+    parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("baichuan: this command is not implemented yet")
+    import logging
+
+    from baichuan.hf import export_hf
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        out = export_hf(
+            args.checkpoint,
+            args.output,
+            tokenizer=args.tokenizer,
+            config=args.config,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+        )
+    except (OSError, ValueError) as e:
+        print(f"baichuan export-hf: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: load with AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
+    return 0
