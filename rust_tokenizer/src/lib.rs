@@ -5,6 +5,11 @@
 
 pub mod error;
 pub mod tokenizer;
+// bulk corpus tokenization (issue 3)
+pub mod corpus;
+pub mod input;
+pub mod megatron;
+pub mod shards;
 
 mod bpe;
 mod fxhash;
@@ -14,6 +19,8 @@ mod proto;
 
 #[cfg(feature = "python")]
 mod py;
+#[cfg(feature = "python")]
+mod py_corpus;
 
 pub use error::{Error, Result};
 pub use tokenizer::Tokenizer;

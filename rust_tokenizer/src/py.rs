@@ -245,5 +245,6 @@ impl PyTokenizer {
 fn _tokenizer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TokenizerError", m.py().get_type::<TokenizerError>())?;
     m.add_class::<PyTokenizer>()?;
+    crate::py_corpus::register(m)?; // bulk corpus tokenization (issue 3)
     Ok(())
 }

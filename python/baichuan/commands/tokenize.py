@@ -1,15 +1,120 @@
-"""`baichuan tokenize`: not implemented yet."""
+"""`baichuan tokenize`: tokenize a corpus into memory-mapped token shards (or a Megatron pair).
+
+Argument parsing only; the job runs in Rust threads (``baichuan.corpus``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
-HELP = "Tokenize a corpus into memory-mapped token shards (issue 3)."
+HELP = "Tokenize a corpus into memory-mapped token shards, in parallel, resumably."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    from baichuan.corpus import parse_size
+
+    parser.add_argument("--tokenizer", required=True, help="SentencePiece .model file")
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="files, directories (read recursively, sorted; hidden entries skipped) or glob patterns; "
+        ".gz and .zst are decompressed",
+    )
+    parser.add_argument("--output", required=True, metavar="OUT_DIR", help="output directory")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="encoding threads (default: one per core)"
+    )
+    parser.add_argument(
+        "--min-tokens",
+        type=int,
+        default=20,
+        help="drop documents shorter than this, counting the EOS when appended (upstream: 20)",
+    )
+    parser.add_argument("--no-eos", action="store_true", help="do not append the EOS id to each document")
+    parser.add_argument(
+        "--doc-per", choices=["line", "file"], default="line", help="one document per line (upstream) or per file"
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=["auto", "text", "jsonl"],
+        default="auto",
+        help="auto: JSONL for *.jsonl / *.ndjson (before .gz/.zst), plain text otherwise",
+    )
+    parser.add_argument("--text-field", default="text", help="JSONL field holding the text (dotted path allowed)")
+    parser.add_argument("--format", choices=["baichuan", "megatron"], default="baichuan", help="output format")
+    parser.add_argument(
+        "--shard-size",
+        "--shard-tokens",
+        dest="shard_tokens",
+        type=parse_size,
+        default=parse_size("256M"),
+        help="tokens per shard, e.g. 64M (Megatron format: tokens between checkpoints); default 256M",
+    )
+    parser.add_argument(
+        "--invalid-utf8",
+        choices=["ignore", "replace"],
+        default="ignore",
+        help="drop invalid UTF-8 bytes (upstream's errors='ignore') or replace them with U+FFFD; counted per file",
+    )
+    parser.add_argument("--no-strip", action="store_true", help="do not strip whitespace around each document")
+    parser.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="skip unreadable files (listed in the manifest) instead of stopping with an error",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted job in OUT_DIR")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous job's files in OUT_DIR")
+    parser.add_argument(
+        "--max-doc-bytes", type=parse_size, default=parse_size("256M"), help="longest document accepted (bytes)"
+    )
+    parser.add_argument(
+        "--megatron-prefix", default="corpus_text_document", help="Megatron output: OUT_DIR/PREFIX.{bin,idx}"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress line and no summary table")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("baichuan: this command is not implemented yet")
+    from baichuan.corpus import CorpusError, TokenizeConfig, run_tokenize, summary_table
+
+    if args.workers < 1:
+        print("baichuan tokenize: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.min_tokens < 0:
+        print("baichuan tokenize: --min-tokens must be >= 0", file=sys.stderr)
+        return 2
+    cfg = TokenizeConfig(
+        tokenizer=args.tokenizer,
+        inputs=list(args.input),
+        output=args.output,
+        workers=args.workers,
+        min_tokens=args.min_tokens,
+        append_eos=not args.no_eos,
+        doc_per=args.doc_per,
+        input_format=args.input_format,
+        text_field=args.text_field,
+        format=args.format,
+        shard_tokens=args.shard_tokens,
+        invalid_utf8=args.invalid_utf8,
+        strip=not args.no_strip,
+        skip_bad_files=args.skip_bad_files,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        max_doc_bytes=args.max_doc_bytes,
+        megatron_prefix=args.megatron_prefix,
+    )
+    try:
+        manifest = run_tokenize(cfg, progress=not args.quiet)
+    except (CorpusError, OSError) as e:
+        print(f"baichuan tokenize: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"baichuan tokenize: interrupted; continue with --resume (output: {args.output})", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(summary_table(manifest))
+        print(f"manifest: {os.path.join(args.output, 'manifest.json')}")
+    return 0

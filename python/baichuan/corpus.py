@@ -1,0 +1,265 @@
+"""Bulk corpus tokenization: the Python face of ``rust_tokenizer/src/corpus.rs``.
+
+The work (reading, decompressing, decoding, encoding, writing) runs in Rust threads; this module
+builds the job's options, polls its counters for a progress line, and reads the result. The
+output format is documented in ``docs/formats.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from baichuan import _tokenizer
+
+CorpusError = _tokenizer.CorpusError
+
+MANIFEST = "manifest.json"
+PROGRESS = "progress.json"
+
+
+@dataclass
+class TokenizeConfig:
+    """Options of ``baichuan tokenize`` (field names match the Rust ``CorpusConfig``)."""
+
+    tokenizer: str
+    inputs: list[str]
+    output: str
+    workers: int = 0  # 0: one per core
+    min_tokens: int = 20
+    append_eos: bool = True
+    doc_per: str = "line"  # line | file
+    input_format: str = "auto"  # auto | text | jsonl
+    text_field: str = "text"
+    format: str = "baichuan"  # baichuan | megatron
+    shard_tokens: int = 1 << 28
+    invalid_utf8: str = "ignore"  # ignore | replace
+    strip: bool = True
+    skip_bad_files: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    max_doc_bytes: int = 256 << 20
+    chunk_bytes: int = 1 << 20
+    megatron_prefix: str = "corpus_text_document"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d.update(d.pop("extra"))
+        d["tokenizer"] = os.fspath(d["tokenizer"])
+        d["output"] = os.fspath(d["output"])
+        d["inputs"] = [os.fspath(p) for p in d["inputs"]]
+        return json.dumps(d)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _fmt_count(n: float) -> str:
+    for unit in ("", "K", "M", "G"):
+        if abs(n) < 1000 or unit == "G":
+            return f"{n:.1f}{unit}" if unit else f"{int(n)}"
+        n /= 1000
+    return f"{n:.1f}G"
+
+
+def _fmt_eta(s: float | None) -> str:
+    if s is None or s != s or s == float("inf"):
+        return "--:--"
+    s = int(s)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
+class ProgressLine:
+    """A one-line progress display: percent of input bytes, MB/s, tokens/s, ETA.
+
+    Rewrites the line in place on a terminal; elsewhere prints a line every ``interval`` seconds.
+    """
+
+    def __init__(self, stream: TextIO = sys.stderr, interval: float | None = None) -> None:
+        self.stream = stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.width = 0
+
+    def render(self, p: dict[str, int], now: float) -> str:
+        elapsed = max(now - self.t0, 1e-9)
+        todo = max(p["raw_bytes_total"] - p["raw_bytes_skipped"], 1)
+        done = p["raw_bytes_read"]
+        frac = min(done / todo, 1.0)
+        rate_raw = done / elapsed
+        eta = (todo - done) / rate_raw if rate_raw > 0 else None
+        return (
+            f"tokenize {frac * 100:5.1f}% | files {p['files_done']}/{p['files_total']} | "
+            f"{_fmt_bytes(p['text_bytes'])} text, {_fmt_bytes(rate_raw)}/s read | "
+            f"{_fmt_count(p['tokens'])} tokens, {_fmt_count(p['tokens'] / elapsed)} tok/s | "
+            f"ETA {_fmt_eta(eta)}"
+        )
+
+    def update(self, p: dict[str, int], force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.interval:
+            return
+        self.last = now
+        line = self.render(p, now)
+        if self.tty:
+            pad = max(self.width - len(line), 0)
+            self.stream.write("\r" + line + " " * pad)
+            self.width = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def run_tokenize(config: TokenizeConfig, progress: bool = True, stream: TextIO = sys.stderr) -> dict[str, Any]:
+    """Runs a job to the end and returns its manifest. Ctrl-C stops it at a safe point (the output
+    stays resumable with ``resume=True``) and re-raises ``KeyboardInterrupt``."""
+    job = _tokenizer.CorpusJob(config.to_json())
+    bar = ProgressLine(stream) if progress else None
+    job.start()
+    try:
+        while not job.wait(0.1):
+            if bar is not None:
+                bar.update(job.progress())
+    except KeyboardInterrupt:
+        job.cancel()
+        job.wait(3600.0)
+        if bar is not None:
+            bar.close()
+        raise
+    if bar is not None:
+        bar.update(job.progress(), force=True)
+        bar.close()
+    return json.loads(job.result())
+
+
+def load_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no manifest (the job did not finish; rerun it with --resume)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _safe_member(out_dir: Path, name: str) -> Path:
+    p = Path(name)
+    if p.is_absolute() or ".." in p.parts:
+        raise ValueError(f"{out_dir / MANIFEST}: refusing shard path {name!r}")
+    return out_dir / p
+
+
+def iter_documents(out_dir: str | os.PathLike[str]) -> Iterator[np.ndarray]:
+    """Yields each document's token ids (EOS included when appended), in order, from a finished
+    output directory of either format (memory-mapped; verification and tools, not training)."""
+    out = Path(out_dir)
+    m = load_manifest(out)
+    if m["format"] == "baichuan-shards":
+        dt = np.dtype("<u2") if m["dtype"] == "uint16" else np.dtype("<u4")
+        for sh in m["shards"]:
+            bin_p, idx_p = _safe_member(out, sh["bin"]), _safe_member(out, sh["idx"])
+            offs = np.fromfile(idx_p, dtype="<u8")
+            toks = np.memmap(bin_p, dtype=dt, mode="r") if bin_p.stat().st_size else np.zeros(0, dt)
+            for a, b in zip(offs[:-1], offs[1:]):
+                yield np.asarray(toks[a:b])
+    elif m["format"] == "megatron-mmap":
+        mg = m["megatron"]
+        yield from _iter_megatron(_safe_member(out, mg["bin"]), _safe_member(out, mg["idx"]))
+    else:
+        raise ValueError(f"{out / MANIFEST}: unknown format {m['format']!r}")
+
+
+_MEGATRON_DTYPES = {8: np.dtype("<u2"), 4: np.dtype("<i4")}
+
+
+def _iter_megatron(bin_p: Path, idx_p: Path) -> Iterator[np.ndarray]:
+    raw = idx_p.read_bytes()
+    if raw[:9] != b"MMIDIDX\x00\x00" or int.from_bytes(raw[9:17], "little") != 1:
+        raise ValueError(f"{idx_p}: not a Megatron MMIDIDX version 1 index")
+    dt = _MEGATRON_DTYPES[raw[17]]
+    n = int.from_bytes(raw[18:26], "little")
+    d = int.from_bytes(raw[26:34], "little")
+    lengths = np.frombuffer(raw, "<i4", n, 34)
+    pointers = np.frombuffer(raw, "<i8", n, 34 + 4 * n)
+    doc_index = np.frombuffer(raw, "<i8", d, 34 + 12 * n)
+    toks = np.memmap(bin_p, dtype=dt, mode="r") if bin_p.stat().st_size else np.zeros(0, dt)
+    for j in range(d - 1):
+        parts = [toks[pointers[i] // dt.itemsize : pointers[i] // dt.itemsize + lengths[i]] for i in range(doc_index[j], doc_index[j + 1])]
+        yield np.concatenate(parts) if parts else np.zeros(0, dt)
+
+
+def summary_table(manifest: dict[str, Any], max_files: int = 20) -> str:
+    """A plain-text table of the job's counts, per input file and in total."""
+    head = ("file", "docs", "dropped", "empty", "tokens", "bytes", "bad utf8", "bad json", "status")
+    rows: list[tuple[str, ...]] = []
+
+    def row(name: str, c: dict[str, int], status: str) -> tuple[str, ...]:
+        return (
+            name,
+            str(c["documents"]),
+            str(c["dropped"]),
+            str(c["empty"]),
+            str(c["tokens"]),
+            _fmt_bytes(c["bytes"]),
+            str(c["invalid_utf8"]),
+            str(c["bad_json"]),
+            status,
+        )
+
+    inputs = manifest["inputs"]
+    for f in inputs[:max_files]:
+        name = f["path"]
+        if len(name) > 48:
+            name = "..." + name[-45:]
+        status = f["status"] if f["status"] == "ok" else f"skipped: {f.get('error') or ''}"[:60]
+        rows.append(row(name, f["counts"], status))
+    if len(inputs) > max_files:
+        rows.append((f"... {len(inputs) - max_files} more files", *([""] * (len(head) - 1))))
+    c = manifest["counts"]
+    rows.append(row(f"TOTAL ({c['files']} files)", c, f"{c['bad_files']} skipped"))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    line = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+    sep = "  ".join("-" * w for w in widths)
+    out = [line(head), sep, *(line(r) for r in rows[:-1]), sep, line(rows[-1])]
+    if manifest["format"] == "baichuan-shards":
+        out.append(f"{len(manifest['shards'])} shard(s), dtype {manifest['dtype']}")
+    else:
+        mg = manifest["megatron"]
+        out.append(f"Megatron pair {mg['bin']} / {mg['idx']}, dtype code {mg['dtype_code']}, {mg['sequences']} sequences")
+    return "\n".join(out)
+
+
+def parse_size(text: str) -> int:
+    """'1000', '64K', '256M', '1G' (powers of 1024) -> int."""
+    t = text.strip().upper()
+    mult = 1
+    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+        if t.endswith(suffix):
+            t, mult = t[:-1], m
+            break
+    value = int(float(t) * mult)
+    if value <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return value
+

@@ -1,0 +1,1198 @@
+//! The bulk corpus tokenizer behind `baichuan tokenize`.
+//!
+//! One reader thread reads the input files in order (decompressing, hashing, cutting documents)
+//! and groups documents into chunks numbered 0, 1, 2, ...; `workers` threads decode and encode
+//! whole chunks; the calling thread takes the encoded chunks back **in chunk order** and writes
+//! them. So the output bytes depend only on the inputs and the options, never on `workers` or
+//! scheduling. At most `2 * workers + 2` chunks (each about `chunk_bytes` of text) exist at any
+//! time, which bounds memory whatever the corpus size.
+//!
+//! Durability and resume: shards are written under `.tmp` names and renamed when complete and
+//! fsynced; after each shard (or, for Megatron output, each `shard_tokens` tokens) the job writes
+//! `progress.json` atomically with the position in the input (file, end offset of the last
+//! document) and the counts so far. `--resume` cuts back to that point and continues; the
+//! manifest is written last. See docs/formats.md.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::input::{self, hex, DocPer, DocSpan, InputFormat, Splitter, Utf8Policy};
+use crate::megatron::{self, MegatronCheckpoint, MegatronEntry, MegatronWriter};
+use crate::shards::{self, io_err, write_json_atomic, DType, ShardEntry, ShardWriter};
+use crate::tokenizer::Tokenizer;
+
+pub const MANIFEST: &str = "manifest.json";
+pub const PROGRESS: &str = "progress.json";
+pub const MANIFEST_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Baichuan,
+    Megatron,
+}
+
+fn d_min_tokens() -> usize {
+    20
+}
+fn d_true() -> bool {
+    true
+}
+fn d_text_field() -> String {
+    "text".into()
+}
+fn d_shard_tokens() -> u64 {
+    1 << 28
+}
+fn d_max_doc_bytes() -> usize {
+    256 << 20
+}
+fn d_chunk_bytes() -> usize {
+    1 << 20
+}
+fn d_prefix() -> String {
+    "corpus_text_document".into()
+}
+fn d_doc_per() -> DocPer {
+    DocPer::Line
+}
+fn d_input_format() -> InputFormat {
+    InputFormat::Auto
+}
+fn d_format() -> OutputFormat {
+    OutputFormat::Baichuan
+}
+fn d_utf8() -> Utf8Policy {
+    Utf8Policy::Ignore
+}
+
+/// Options of one job (the Python command builds this as JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusConfig {
+    pub tokenizer: PathBuf,
+    pub inputs: Vec<String>,
+    pub output: PathBuf,
+    /// Encoding threads; 0 means one per available core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Keep a document when its length (EOS included when appended) is at least this.
+    #[serde(default = "d_min_tokens")]
+    pub min_tokens: usize,
+    #[serde(default = "d_true")]
+    pub append_eos: bool,
+    #[serde(default = "d_doc_per")]
+    pub doc_per: DocPer,
+    #[serde(default = "d_input_format")]
+    pub input_format: InputFormat,
+    #[serde(default = "d_text_field")]
+    pub text_field: String,
+    #[serde(default = "d_format")]
+    pub format: OutputFormat,
+    /// Baichuan format: a shard is closed once it holds at least this many tokens. Megatron
+    /// format: a checkpoint is taken every this many tokens.
+    #[serde(default = "d_shard_tokens")]
+    pub shard_tokens: u64,
+    #[serde(default = "d_utf8")]
+    pub invalid_utf8: Utf8Policy,
+    /// Strip each document like Python's `str.strip()` (upstream's `line.strip()`).
+    #[serde(default = "d_true")]
+    pub strip: bool,
+    #[serde(default)]
+    pub skip_bad_files: bool,
+    #[serde(default)]
+    pub resume: bool,
+    #[serde(default)]
+    pub overwrite: bool,
+    #[serde(default = "d_max_doc_bytes")]
+    pub max_doc_bytes: usize,
+    /// Text per work unit handed to a worker.
+    #[serde(default = "d_chunk_bytes")]
+    pub chunk_bytes: usize,
+    /// Megatron output: files are `<output>/<prefix>.bin` and `.idx`.
+    #[serde(default = "d_prefix")]
+    pub megatron_prefix: String,
+}
+
+impl CorpusConfig {
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// The options that determine the output bytes (not workers, resume, overwrite, chunking).
+    fn output_options(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tokenizer": self.tokenizer.to_string_lossy(),
+            "inputs": self.inputs,
+            "min_tokens": self.min_tokens,
+            "append_eos": self.append_eos,
+            "doc_per": self.doc_per,
+            "input_format": self.input_format,
+            "text_field": self.text_field,
+            "format": self.format,
+            "shard_tokens": self.shard_tokens,
+            "invalid_utf8": self.invalid_utf8,
+            "strip": self.strip,
+            "skip_bad_files": self.skip_bad_files,
+            "max_doc_bytes": self.max_doc_bytes,
+            "megatron_prefix": self.megatron_prefix,
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.inputs.is_empty() {
+            return Err(Error::Config("no inputs".into()));
+        }
+        if self.shard_tokens == 0 {
+            return Err(Error::Config("shard_tokens must be positive".into()));
+        }
+        if self.chunk_bytes == 0 || self.max_doc_bytes == 0 {
+            return Err(Error::Config("chunk_bytes and max_doc_bytes must be positive".into()));
+        }
+        if self.doc_per == DocPer::File && self.input_format == InputFormat::Jsonl {
+            return Err(Error::Config("--doc-per file cannot be used with JSONL input".into()));
+        }
+        let p = &self.megatron_prefix;
+        if p.is_empty() || p.contains('/') || p.contains('\\') || p.starts_with('.') {
+            return Err(Error::Config(format!("invalid megatron prefix {p:?}")));
+        }
+        Ok(())
+    }
+}
+
+/// What a job needs from a tokenizer (the real one, or a simple one in tests).
+pub trait Encode: Sync {
+    /// Appends the ids of `text` to `out`.
+    fn encode_into(&self, text: &str, out: &mut Vec<u32>);
+    fn vocab_size(&self) -> usize;
+    fn eos_id(&self) -> Option<u32>;
+}
+
+impl Encode for Tokenizer {
+    fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
+        Tokenizer::encode_into(self, text.as_bytes(), out)
+    }
+    fn vocab_size(&self) -> usize {
+        Tokenizer::vocab_size(self)
+    }
+    fn eos_id(&self) -> Option<u32> {
+        Tokenizer::eos_id(self)
+    }
+}
+
+/// Live counters for a progress bar (read from another thread).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// On-disk (possibly compressed) input bytes read so far.
+    pub raw_bytes_read: AtomicU64,
+    /// On-disk size of all inputs.
+    pub raw_bytes_total: AtomicU64,
+    /// Bytes already covered by a previous run when resuming.
+    pub raw_bytes_skipped: AtomicU64,
+    /// Decompressed text bytes written out (kept or dropped).
+    pub text_bytes: AtomicU64,
+    pub documents: AtomicU64,
+    pub dropped: AtomicU64,
+    pub tokens: AtomicU64,
+    pub files_done: AtomicU64,
+    pub files_total: AtomicU64,
+    pub cancel: AtomicBool,
+}
+
+impl Progress {
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Per-file (and total) counts, as in the manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Documents written.
+    pub documents: u64,
+    /// Documents dropped for having fewer than `min_tokens` tokens (includes `empty`).
+    pub dropped: u64,
+    /// Dropped documents whose text was empty (after stripping), blank JSONL lines included.
+    pub empty: u64,
+    /// Tokens written (EOS included).
+    pub tokens: u64,
+    /// Decompressed input bytes consumed (line terminators included).
+    pub bytes: u64,
+    /// Maximal invalid UTF-8 byte sequences met (dropped or replaced per `invalid_utf8`).
+    pub invalid_utf8: u64,
+    /// JSONL lines that are not an object with a string at `text_field` (skipped).
+    pub bad_json: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.documents += o.documents;
+        self.dropped += o.dropped;
+        self.empty += o.empty;
+        self.tokens += o.tokens;
+        self.bytes += o.bytes;
+        self.invalid_utf8 += o.invalid_utf8;
+        self.bad_json += o.bad_json;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    /// On-disk size in bytes (as read).
+    pub size: u64,
+    pub sha256: Option<String>,
+    pub compression: input::Compression,
+    pub jsonl: bool,
+    /// "ok", or "skipped" (unreadable with --skip-bad-files; documents read before the error are kept).
+    pub status: String,
+    pub error: Option<String>,
+    /// First bad JSONL line, "byte OFFSET: reason".
+    pub first_bad_json: Option<String>,
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    pub path: String,
+    pub sha256: String,
+    pub vocab_size: usize,
+    pub eos_id: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TotalCounts {
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub files: u64,
+    pub bad_files: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub dtype: DType,
+    pub tokenizer: TokenizerInfo,
+    pub append_eos: bool,
+    pub min_tokens: usize,
+    pub shards: Vec<ShardEntry>,
+    pub megatron: Option<MegatronEntry>,
+    pub counts: TotalCounts,
+    pub inputs: Vec<FileEntry>,
+    pub options: serde_json::Value,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Partial {
+    file: usize,
+    end: u64,
+    counts: Counts,
+    first_bad_json: Option<String>,
+}
+
+/// `progress.json`: everything needed to continue after the last checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    version: u32,
+    fingerprint: String,
+    shards: Vec<ShardEntry>,
+    megatron: Option<MegatronCheckpoint>,
+    files: Vec<FileEntry>,
+    partial: Option<Partial>,
+    /// Megatron only: all input is written and the pair is being finished.
+    finishing: bool,
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Runs a job with the tokenizer named in the config.
+pub fn run(cfg: &CorpusConfig, progress: &Progress) -> Result<Manifest> {
+    let bytes = std::fs::read(&cfg.tokenizer).map_err(io_err(&cfg.tokenizer))?;
+    let tok = Tokenizer::from_bytes(&bytes, &cfg.tokenizer.display().to_string())?;
+    let sha = hex(&Sha256::digest(&bytes));
+    run_with(cfg, &tok, &sha, progress)
+}
+
+// ---------------------------------------------------------------- pipeline items
+
+enum Item {
+    Doc { file: u32, start: usize, len: usize, span: DocSpan },
+    FileEnd { file: u32, sha256: String, size: u64 },
+    Bad { file: u32, error: String },
+    Fatal(Error),
+}
+
+struct Chunk {
+    seq: u64,
+    data: Vec<u8>,
+    items: Vec<Item>,
+}
+
+enum Outcome {
+    Kept { ntok: usize },
+    Dropped,
+    Empty,
+    BadJson(String),
+}
+
+enum OutItem {
+    Doc { file: u32, span: DocSpan, invalid_utf8: u64, outcome: Outcome },
+    FileEnd { file: u32, sha256: String, size: u64 },
+    Bad { file: u32, error: String },
+    Fatal(Error),
+}
+
+struct Encoded {
+    seq: u64,
+    items: Vec<OutItem>,
+    tokens: Vec<u32>,
+}
+
+struct InputFile {
+    path: PathBuf,
+    size: u64,
+    jsonl: bool,
+}
+
+fn is_our_file(name: &str, prefix: &str) -> bool {
+    name == MANIFEST
+        || name == PROGRESS
+        || name.starts_with(&format!("{MANIFEST}{}", shards::TMP_SUFFIX))
+        || name.starts_with(&format!("{PROGRESS}{}", shards::TMP_SUFFIX))
+        || (name.starts_with("shard-") && (name.contains(".bin") || name.contains(".idx")))
+        || name.starts_with(&format!("{prefix}."))
+}
+
+fn our_files(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let e = e.map_err(io_err(dir))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_our_file(&name, prefix) {
+            v.push(e.path());
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read(path).map_err(io_err(path))?;
+    serde_json::from_slice(&text).map_err(|e| Error::Output { path: path.to_path_buf(), reason: format!("unreadable: {e}") })
+}
+
+/// Runs a job with a given encoder; `tokenizer_sha256` identifies it in the manifest.
+pub fn run_with<E: Encode>(cfg: &CorpusConfig, enc: &E, tokenizer_sha256: &str, progress: &Progress) -> Result<Manifest> {
+    cfg.validate()?;
+    let vocab = enc.vocab_size();
+    if vocab == 0 {
+        return Err(Error::Config(format!("{}: the tokenizer has an empty vocabulary", cfg.tokenizer.display())));
+    }
+    let eos = if cfg.append_eos {
+        Some(enc.eos_id().ok_or_else(|| {
+            Error::Config(format!("{}: the tokenizer has no EOS piece; use --no-eos", cfg.tokenizer.display()))
+        })?)
+    } else {
+        None
+    };
+    let dtype = match cfg.format {
+        OutputFormat::Baichuan => {
+            if vocab <= 65536 {
+                DType::Uint16
+            } else {
+                DType::Uint32
+            }
+        }
+        OutputFormat::Megatron => megatron::megatron_dtype(vocab),
+    };
+    let workers = if cfg.workers == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        cfg.workers
+    };
+
+    // Inputs, with what identifies their content for resume.
+    let paths = input::discover(&cfg.inputs)?;
+    if paths.is_empty() {
+        return Err(Error::Config("the inputs name no file".into()));
+    }
+    let mut files = Vec::with_capacity(paths.len());
+    let mut ident = Vec::with_capacity(paths.len());
+    for p in paths {
+        let (size, mtime) = match std::fs::metadata(&p) {
+            Ok(m) => {
+                let mt = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+                (m.len(), mt)
+            }
+            Err(source) if cfg.skip_bad_files => {
+                let _ = source;
+                (0, 0)
+            }
+            Err(source) => return Err(Error::Io { path: p, source }),
+        };
+        ident.push(serde_json::json!([p.to_string_lossy(), size, mtime.to_string()]));
+        let jsonl = input::is_jsonl(&p, cfg.input_format);
+        files.push(InputFile { path: p, size, jsonl });
+    }
+    let options = cfg.output_options();
+    let fingerprint = {
+        let v = serde_json::json!({"options": options, "tokenizer_sha256": tokenizer_sha256, "inputs": ident, "version": MANIFEST_VERSION});
+        hex(&Sha256::digest(v.to_string().as_bytes()))
+    };
+    progress.files_total.store(files.len() as u64, Ordering::Relaxed);
+    progress.raw_bytes_total.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+
+    // Output directory and what a previous run left there.
+    let out = &cfg.output;
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let manifest_p = out.join(MANIFEST);
+    let progress_p = out.join(PROGRESS);
+    let prefix_p = out.join(&cfg.megatron_prefix);
+    if cfg.overwrite {
+        for f in our_files(out, &cfg.megatron_prefix)? {
+            remove(&f)?;
+        }
+    }
+    if manifest_p.exists() {
+        let m: Manifest = read_json(&manifest_p)?;
+        if cfg.resume && m.fingerprint == fingerprint {
+            remove(&progress_p)?;
+            let lp = MegatronWriter::lengths_tmp(&prefix_p);
+            remove(&lp)?;
+            return Ok(m);
+        }
+        let why = if cfg.resume { "holds a finished job with other inputs or options" } else { "already holds a finished job" };
+        return Err(Error::Output { path: out.clone(), reason: format!("{why}; use --overwrite to replace it") });
+    }
+    let mut state: Option<State> = None;
+    if progress_p.exists() {
+        if !cfg.resume {
+            return Err(Error::Output {
+                path: out.clone(),
+                reason: "holds an interrupted job; use --resume to continue it or --overwrite to start again".into(),
+            });
+        }
+        let s: State = read_json(&progress_p)?;
+        if s.fingerprint != fingerprint {
+            return Err(Error::Output {
+                path: progress_p.clone(),
+                reason: "was written for other inputs, input contents, tokenizer or options; cannot resume (use --overwrite)".into(),
+            });
+        }
+        state = Some(s);
+    } else if !cfg.resume && !our_files(out, &cfg.megatron_prefix)?.is_empty() {
+        return Err(Error::Output { path: out.clone(), reason: "already holds shard files; use --resume or --overwrite".into() });
+    }
+    // Cut back to the checkpoint: drop everything not recorded as complete.
+    let keep_shards: Vec<String> = state.as_ref().map(|s| s.shards.iter().flat_map(|e| [e.bin.clone(), e.idx.clone()]).collect()).unwrap_or_default();
+    let keep_mega = state.as_ref().map(|s| s.megatron.is_some()).unwrap_or(false);
+    for f in our_files(out, &cfg.megatron_prefix)? {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let keep = name == PROGRESS
+            || keep_shards.contains(&name)
+            || (keep_mega
+                && (f == MegatronWriter::bin_tmp(&prefix_p) || f == MegatronWriter::lengths_tmp(&prefix_p)
+                    || (state.as_ref().map(|s| s.finishing).unwrap_or(false) && name == format!("{}.bin", cfg.megatron_prefix))));
+        if !keep {
+            remove(&f)?;
+        }
+    }
+    let state = state.unwrap_or(State {
+        version: MANIFEST_VERSION,
+        fingerprint: fingerprint.clone(),
+        shards: Vec::new(),
+        megatron: None,
+        files: Vec::new(),
+        partial: None,
+        finishing: false,
+    });
+
+    let ctx = Ctx { cfg, files: &files, dtype, eos, progress, out, progress_p: &progress_p, prefix_p: &prefix_p };
+    let (shards_done, mega_entry, file_entries) = if state.finishing {
+        let at = state.megatron.unwrap_or_default();
+        let e = megatron::finish_files(&prefix_p, dtype, at)?;
+        (Vec::new(), Some(e), state.files.clone())
+    } else {
+        pipeline(&ctx, enc, workers, state)?
+    };
+
+    let mut total = Counts::default();
+    for f in &file_entries {
+        total.add(&f.counts);
+    }
+    let manifest = Manifest {
+        format: match cfg.format {
+            OutputFormat::Baichuan => "baichuan-shards".into(),
+            OutputFormat::Megatron => "megatron-mmap".into(),
+        },
+        version: MANIFEST_VERSION,
+        dtype,
+        tokenizer: TokenizerInfo {
+            path: cfg.tokenizer.to_string_lossy().into_owned(),
+            sha256: tokenizer_sha256.to_string(),
+            vocab_size: vocab,
+            eos_id: enc.eos_id(),
+        },
+        append_eos: cfg.append_eos,
+        min_tokens: cfg.min_tokens,
+        shards: shards_done,
+        megatron: mega_entry,
+        counts: TotalCounts {
+            counts: total,
+            files: file_entries.len() as u64,
+            bad_files: file_entries.iter().filter(|f| f.status != "ok").count() as u64,
+        },
+        inputs: file_entries,
+        options,
+        fingerprint,
+    };
+    write_json_atomic(&manifest_p, &manifest)?;
+    remove(&progress_p)?;
+    remove(&MegatronWriter::lengths_tmp(&prefix_p))?;
+    shards::sync_dir(out)?;
+    Ok(manifest)
+}
+
+struct Ctx<'a> {
+    cfg: &'a CorpusConfig,
+    files: &'a [InputFile],
+    dtype: DType,
+    eos: Option<u32>,
+    progress: &'a Progress,
+    out: &'a Path,
+    progress_p: &'a Path,
+    prefix_p: &'a Path,
+}
+
+type PipelineOut = (Vec<ShardEntry>, Option<MegatronEntry>, Vec<FileEntry>);
+
+fn pipeline<E: Encode>(ctx: &Ctx<'_>, enc: &E, workers: usize, state: State) -> Result<PipelineOut> {
+    let start_file = state.files.len();
+    let skip_until = state.partial.as_ref().map(|p| {
+        debug_assert_eq!(p.file, start_file);
+        p.end
+    });
+    let skipped_bytes: u64 = ctx.files[..start_file.min(ctx.files.len())].iter().map(|f| f.size).sum();
+    ctx.progress.raw_bytes_skipped.store(skipped_bytes, Ordering::Relaxed);
+    ctx.progress.files_done.store(start_file as u64, Ordering::Relaxed);
+
+    let in_flight = 2 * workers + 2;
+    let (slot_tx, slot_rx) = sync_channel::<()>(in_flight);
+    for _ in 0..in_flight {
+        slot_tx.send(()).map_err(|_| Error::Internal("slot channel".into()))?;
+    }
+    let (work_tx, work_rx) = sync_channel::<Chunk>(in_flight);
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let (res_tx, res_rx) = channel::<Encoded>();
+
+    let stop = AtomicBool::new(false);
+    let stop = &stop;
+    std::thread::scope(move |s| {
+        s.spawn(move || {
+            let r = catch_unwind(AssertUnwindSafe(|| reader(ctx, start_file, skip_until, stop, &slot_rx, &work_tx)));
+            if r.is_err() {
+                // Tell the writer (it sees a chunk it cannot place and reports this).
+                let _ = work_tx.send(Chunk { seq: u64::MAX, data: Vec::new(), items: vec![Item::Fatal(Error::Internal("the reader thread panicked".into()))] });
+            }
+        });
+        for _ in 0..workers {
+            let work_rx = work_rx.clone();
+            let res_tx = res_tx.clone();
+            s.spawn(move || worker(ctx, enc, &work_rx, &res_tx));
+        }
+        drop(work_rx);
+        drop(res_tx);
+        let r = writer(ctx, state, res_rx, slot_tx);
+        if r.is_err() {
+            stop.store(true, Ordering::SeqCst);
+        }
+        r
+    })
+}
+
+/// The reader's output side: the chunk being filled and its sequence number.
+struct ChunkOut<'a> {
+    chunk: Chunk,
+    chunk_bytes: usize,
+    slot_rx: &'a Receiver<()>,
+    work_tx: &'a SyncSender<Chunk>,
+}
+
+impl ChunkOut<'_> {
+    fn full(&self) -> bool {
+        self.chunk.data.len() >= self.chunk_bytes || self.chunk.items.len() >= 65536
+    }
+    /// Sends the current chunk when a slot is free. False when the pipeline is shutting down.
+    fn flush(&mut self) -> bool {
+        if self.chunk.items.is_empty() {
+            return true;
+        }
+        let next = Chunk { seq: self.chunk.seq + 1, data: Vec::with_capacity(self.chunk_bytes + 4096), items: Vec::new() };
+        let full = std::mem::replace(&mut self.chunk, next);
+        if self.slot_rx.recv().is_err() {
+            return false;
+        }
+        self.work_tx.send(full).is_ok()
+    }
+    /// Queues an item; flushes when the chunk is full.
+    fn push(&mut self, item: Item) -> bool {
+        self.chunk.items.push(item);
+        if self.full() {
+            self.flush()
+        } else {
+            true
+        }
+    }
+}
+
+fn reader(ctx: &Ctx<'_>, start_file: usize, skip_until: Option<u64>, stop: &AtomicBool, slot_rx: &Receiver<()>, work_tx: &SyncSender<Chunk>) {
+    let cfg = ctx.cfg;
+    let mut out = ChunkOut {
+        chunk: Chunk { seq: 0, data: Vec::with_capacity(cfg.chunk_bytes + 4096), items: Vec::new() },
+        chunk_bytes: cfg.chunk_bytes,
+        slot_rx,
+        work_tx,
+    };
+    let counter = Arc::new(AtomicU64::new(0));
+    let stopped = || ctx.progress.cancel.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed);
+    for fi in start_file..ctx.files.len() {
+        if stopped() {
+            return;
+        }
+        let f = &ctx.files[fi];
+        let skip = if fi == start_file { skip_until } else { None };
+        let per = if f.jsonl { DocPer::Line } else { cfg.doc_per };
+        let mut failed: Option<Error> = None;
+        match input::open_input(&f.path, counter.clone()) {
+            Err(e) => failed = Some(e),
+            Ok(mut inp) => {
+                let mut splitter = Splitter::new(per, cfg.max_doc_bytes);
+                loop {
+                    let start = out.chunk.data.len();
+                    match splitter.next_doc(inp.reader(), &mut out.chunk.data) {
+                        Ok(None) => break,
+                        Ok(Some(span)) => {
+                            if skip.is_some_and(|end| span.end <= end) {
+                                out.chunk.data.truncate(start);
+                                continue;
+                            }
+                            let len = out.chunk.data.len() - start;
+                            if !out.push(Item::Doc { file: fi as u32, start, len, span }) {
+                                return;
+                            }
+                            ctx.progress.raw_bytes_read.store(counter.load(Ordering::Relaxed), Ordering::Relaxed);
+                            if stopped() {
+                                return;
+                            }
+                        }
+                        Err(source) => {
+                            out.chunk.data.truncate(start);
+                            failed = Some(Error::Io { path: f.path.clone(), source });
+                            break;
+                        }
+                    }
+                }
+                if failed.is_none() {
+                    match inp.finish() {
+                        Ok((sha256, size)) => {
+                            if !out.push(Item::FileEnd { file: fi as u32, sha256, size }) {
+                                return;
+                            }
+                        }
+                        Err(source) => failed = Some(Error::Io { path: f.path.clone(), source }),
+                    }
+                }
+            }
+        }
+        ctx.progress.raw_bytes_read.store(counter.load(Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(e) = failed {
+            if cfg.skip_bad_files {
+                if !out.push(Item::Bad { file: fi as u32, error: e.to_string() }) {
+                    return;
+                }
+            } else {
+                out.chunk.items.push(Item::Fatal(e));
+                out.flush();
+                return;
+            }
+        }
+    }
+    out.flush();
+}
+
+fn worker<E: Encode>(ctx: &Ctx<'_>, enc: &E, work_rx: &Mutex<Receiver<Chunk>>, res_tx: &Sender<Encoded>) {
+    loop {
+        let chunk = {
+            let rx = work_rx.lock().unwrap_or_else(|e| e.into_inner());
+            match rx.recv() {
+                Ok(c) => c,
+                Err(_) => return,
+            }
+        };
+        let seq = chunk.seq;
+        let encoded = match catch_unwind(AssertUnwindSafe(|| encode_chunk(ctx, enc, chunk))) {
+            Ok(e) => e,
+            Err(_) => Encoded { seq, items: vec![OutItem::Fatal(Error::Internal("a worker thread panicked while encoding".into()))], tokens: Vec::new() },
+        };
+        if res_tx.send(encoded).is_err() {
+            return;
+        }
+    }
+}
+
+fn encode_chunk<E: Encode>(ctx: &Ctx<'_>, enc: &E, chunk: Chunk) -> Encoded {
+    let cfg = ctx.cfg;
+    let mut tokens = Vec::with_capacity(chunk.data.len() / 2);
+    let mut items = Vec::with_capacity(chunk.items.len());
+    for item in chunk.items {
+        match item {
+            Item::Doc { file, start, len, span } => {
+                let bytes = &chunk.data[start..start + len];
+                let (text, invalid_utf8) = input::decode_utf8(bytes, cfg.invalid_utf8);
+                let jsonl = ctx.files[file as usize].jsonl;
+                let owned;
+                let text: &str = if jsonl {
+                    match input::jsonl_text(&text, &cfg.text_field) {
+                        Ok(Some(t)) => {
+                            owned = t;
+                            &owned
+                        }
+                        Ok(None) => {
+                            items.push(OutItem::Doc { file, span, invalid_utf8, outcome: Outcome::Empty });
+                            continue;
+                        }
+                        Err(reason) => {
+                            items.push(OutItem::Doc { file, span, invalid_utf8, outcome: Outcome::BadJson(reason) });
+                            continue;
+                        }
+                    }
+                } else {
+                    &text
+                };
+                let text = if cfg.strip { input::python_strip(text) } else { text };
+                let before = tokens.len();
+                if !text.is_empty() {
+                    enc.encode_into(text, &mut tokens);
+                }
+                let n = tokens.len() - before + usize::from(ctx.eos.is_some());
+                let zero_len = n == 0 && (text.is_empty() || cfg.format == OutputFormat::Megatron);
+                let outcome = if zero_len || n < cfg.min_tokens {
+                    // (Megatron output never gets zero-length sequences.)
+                    tokens.truncate(before);
+                    if text.is_empty() {
+                        Outcome::Empty
+                    } else {
+                        Outcome::Dropped
+                    }
+                } else {
+                    if let Some(e) = ctx.eos {
+                        tokens.push(e);
+                    }
+                    Outcome::Kept { ntok: n }
+                };
+                items.push(OutItem::Doc { file, span, invalid_utf8, outcome });
+            }
+            Item::FileEnd { file, sha256, size } => items.push(OutItem::FileEnd { file, sha256, size }),
+            Item::Bad { file, error } => items.push(OutItem::Bad { file, error }),
+            Item::Fatal(e) => items.push(OutItem::Fatal(e)),
+        }
+    }
+    Encoded { seq: chunk.seq, items, tokens }
+}
+
+struct Writer<'a> {
+    ctx: &'a Ctx<'a>,
+    fingerprint: String,
+    shards: Vec<ShardEntry>,
+    shard: Option<ShardWriter>,
+    mega: Option<MegatronWriter>,
+    mega_cp: Option<MegatronCheckpoint>,
+    since_checkpoint: u64,
+    files: Vec<FileEntry>,
+    cur: Option<Partial>,
+}
+
+impl<'a> Writer<'a> {
+    fn new(ctx: &'a Ctx<'a>, state: State) -> Result<Self> {
+        let mega = match ctx.cfg.format {
+            OutputFormat::Megatron => Some(MegatronWriter::open(ctx.prefix_p, ctx.dtype, state.megatron)?),
+            OutputFormat::Baichuan => None,
+        };
+        let mut total = Counts::default();
+        for f in &state.files {
+            total.add(&f.counts);
+        }
+        if let Some(p) = &state.partial {
+            total.add(&p.counts);
+        }
+        let pr = ctx.progress;
+        pr.documents.store(total.documents, Ordering::Relaxed);
+        pr.dropped.store(total.dropped, Ordering::Relaxed);
+        pr.tokens.store(total.tokens, Ordering::Relaxed);
+        pr.text_bytes.store(total.bytes, Ordering::Relaxed);
+        Ok(Writer {
+            ctx,
+            fingerprint: state.fingerprint,
+            shards: state.shards,
+            shard: None,
+            mega,
+            mega_cp: state.megatron,
+            since_checkpoint: 0,
+            files: state.files,
+            cur: state.partial,
+        })
+    }
+
+    fn cur_for(&mut self, file: u32) -> Result<&mut Partial> {
+        let file = file as usize;
+        if file != self.files.len() {
+            return Err(Error::Internal(format!("items out of order: file {file} after {} files", self.files.len())));
+        }
+        if self.cur.as_ref().map(|c| c.file) != Some(file) {
+            self.cur = Some(Partial { file, end: 0, counts: Counts::default(), first_bad_json: None });
+        }
+        Ok(self.cur.as_mut().expect("just set"))
+    }
+
+    fn save_state(&self, finishing: bool) -> Result<()> {
+        let st = State {
+            version: MANIFEST_VERSION,
+            fingerprint: self.fingerprint.clone(),
+            shards: self.shards.clone(),
+            megatron: self.mega_cp,
+            files: self.files.clone(),
+            partial: self.cur.clone(),
+            finishing,
+        };
+        write_json_atomic(self.ctx.progress_p, &st)
+    }
+
+    fn write_doc(&mut self, ids: &[u32]) -> Result<()> {
+        let limit = self.ctx.cfg.shard_tokens;
+        if let Some(m) = self.mega.as_mut() {
+            m.write_doc(ids)?;
+            self.since_checkpoint += ids.len() as u64;
+            if self.since_checkpoint >= limit {
+                self.mega_cp = Some(m.checkpoint()?);
+                self.since_checkpoint = 0;
+                self.save_state(false)?;
+            }
+            return Ok(());
+        }
+        if self.shard.is_none() {
+            self.shard = Some(ShardWriter::create(self.ctx.out, self.shards.len(), self.ctx.dtype)?);
+        }
+        let sh = self.shard.as_mut().expect("just set");
+        sh.write_doc(ids)?;
+        if sh.tokens() >= limit {
+            let entry = self.shard.take().expect("present").commit()?;
+            self.shards.push(entry);
+            self.save_state(false)?;
+        }
+        Ok(())
+    }
+
+    fn file_done(&mut self, file: u32, status: &str, sha256: Option<String>, size: u64, error: Option<String>) -> Result<()> {
+        let (counts, first_bad_json) = {
+            let c = self.cur_for(file)?;
+            (c.counts.clone(), c.first_bad_json.clone())
+        };
+        self.cur = None;
+        let f = &self.ctx.files[file as usize];
+        self.files.push(FileEntry {
+            path: f.path.to_string_lossy().into_owned(),
+            size,
+            sha256,
+            compression: input::Compression::from_path(&f.path),
+            jsonl: f.jsonl,
+            status: status.into(),
+            error,
+            first_bad_json,
+            counts,
+        });
+        self.ctx.progress.files_done.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn process(&mut self, enc: Encoded) -> Result<()> {
+        let pr = self.ctx.progress;
+        let mut off = 0usize;
+        for item in enc.items {
+            match item {
+                OutItem::Doc { file, span, invalid_utf8, outcome } => {
+                    let cur = self.cur_for(file)?;
+                    cur.end = span.end;
+                    cur.counts.bytes += span.consumed;
+                    cur.counts.invalid_utf8 += invalid_utf8;
+                    pr.text_bytes.fetch_add(span.consumed, Ordering::Relaxed);
+                    match outcome {
+                        Outcome::Kept { ntok } => {
+                            cur.counts.documents += 1;
+                            cur.counts.tokens += ntok as u64;
+                            pr.documents.fetch_add(1, Ordering::Relaxed);
+                            pr.tokens.fetch_add(ntok as u64, Ordering::Relaxed);
+                            let end = off + ntok;
+                            let ids = enc.tokens.get(off..end).ok_or_else(|| Error::Internal("token buffer too short".into()))?;
+                            off = end;
+                            self.write_doc(ids)?;
+                        }
+                        Outcome::Dropped => {
+                            cur.counts.dropped += 1;
+                            pr.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Outcome::Empty => {
+                            cur.counts.dropped += 1;
+                            cur.counts.empty += 1;
+                            pr.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Outcome::BadJson(reason) => {
+                            cur.counts.bad_json += 1;
+                            if cur.first_bad_json.is_none() {
+                                cur.first_bad_json = Some(format!("byte {}: {reason}", span.end - span.consumed));
+                            }
+                        }
+                    }
+                }
+                OutItem::FileEnd { file, sha256, size } => self.file_done(file, "ok", Some(sha256), size, None)?,
+                OutItem::Bad { file, error } => {
+                    let size = self.ctx.files[file as usize].size;
+                    self.file_done(file, "skipped", None, size, Some(error))?
+                }
+                OutItem::Fatal(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<PipelineOut> {
+        if self.files.len() != self.ctx.files.len() {
+            return Err(Error::Internal(format!("{} of {} files were finished", self.files.len(), self.ctx.files.len())));
+        }
+        if let Some(sh) = self.shard.take() {
+            let entry = sh.commit()?;
+            self.shards.push(entry);
+        }
+        let mega = match self.mega.take() {
+            Some(mut m) => {
+                self.mega_cp = Some(m.checkpoint()?);
+                self.save_state(true)?;
+                Some(m.finish()?)
+            }
+            None => None,
+        };
+        Ok((self.shards, mega, self.files))
+    }
+}
+
+fn writer(ctx: &Ctx<'_>, state: State, res_rx: Receiver<Encoded>, slot_tx: SyncSender<()>) -> Result<PipelineOut> {
+    let mut w = Writer::new(ctx, state)?;
+    let mut pending: BTreeMap<u64, Encoded> = BTreeMap::new();
+    let mut next = 0u64;
+    for enc in res_rx.iter() {
+        pending.insert(enc.seq, enc);
+        while let Some(e) = pending.remove(&next) {
+            w.process(e)?;
+            next += 1;
+            let _ = slot_tx.send(());
+        }
+        if ctx.progress.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+    }
+    if ctx.progress.cancel.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
+    if let Some((_, mut e)) = pending.pop_last() {
+        if let Some(OutItem::Fatal(err)) = e.items.pop() {
+            return Err(err);
+        }
+        return Err(Error::Internal("the pipeline lost a chunk".into()));
+    }
+    w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// One id per byte (id = byte + 3), EOS = 2; cancels the job after `cancel_after` documents.
+    struct ByteEnc<'a> {
+        cancel_after: Option<u64>,
+        seen: AtomicU64,
+        progress: Option<&'a Progress>,
+    }
+    impl Encode for ByteEnc<'_> {
+        fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
+            let n = self.seen.fetch_add(1, Ordering::SeqCst);
+            if let (Some(k), Some(p)) = (self.cancel_after, self.progress) {
+                if n >= k {
+                    p.cancel();
+                }
+            }
+            out.extend(text.bytes().map(|b| b as u32 + 3));
+        }
+        fn vocab_size(&self) -> usize {
+            259
+        }
+        fn eos_id(&self) -> Option<u32> {
+            Some(2)
+        }
+    }
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bc-corpus-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn make_corpus(dir: &Path) {
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for i in 0..5 {
+            let mut f = File::create(dir.join(format!("sub/f{i}.txt"))).unwrap();
+            for j in 0..400 {
+                writeln!(f, "  document {i}-{j} {}\u{3000}", "x".repeat((i * 7 + j * 13) % 90)).unwrap();
+            }
+        }
+        std::fs::write(dir.join("bad.txt"), b"ok line that is long enough to keep\n\xff\xfe invalid bytes here, long enough too\r\n\r\n").unwrap();
+        let mut gz = flate2::write::GzEncoder::new(File::create(dir.join("z.txt.gz")).unwrap(), flate2::Compression::default());
+        for j in 0..300 {
+            writeln!(gz, "gzip line {j} with some padding text").unwrap();
+        }
+        gz.finish().unwrap();
+        let zs = zstd::encode_all(&b"{\"text\": \"a zstd json document that is long enough\"}\nnot json\n\n{\"other\": 1}\n"[..], 3).unwrap();
+        std::fs::write(dir.join("y.jsonl.zst"), zs).unwrap();
+    }
+
+    fn cfg(inp: &Path, out: &Path, workers: usize, format: OutputFormat) -> CorpusConfig {
+        let mut c: CorpusConfig = CorpusConfig::from_json(&format!(
+            r#"{{"tokenizer": "t.model", "inputs": [{:?}], "output": {:?}}}"#,
+            inp.to_string_lossy(),
+            out.to_string_lossy()
+        ))
+        .unwrap();
+        c.workers = workers;
+        c.format = format;
+        c.shard_tokens = 3000;
+        c.chunk_bytes = 2000;
+        c
+    }
+
+    fn dir_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn deterministic_and_resumable() {
+        let root = tmpdir("det");
+        let inp = root.join("in");
+        make_corpus(&inp);
+        for format in [OutputFormat::Baichuan, OutputFormat::Megatron] {
+            let mut reference = None;
+            for workers in [1, 2, 3] {
+                let out = root.join(format!("out-{format:?}-{workers}"));
+                let p = Progress::default();
+                let enc = ByteEnc { cancel_after: None, seen: AtomicU64::new(0), progress: None };
+                let m = run_with(&cfg(&inp, &out, workers, format), &enc, "sha", &p).unwrap();
+                assert_eq!(m.counts.files, 8);
+                assert_eq!(m.counts.counts.invalid_utf8, 2); // \xff and \xfe: two maximal invalid subparts, as Python counts
+                assert_eq!(m.counts.counts.bad_json, 2);
+                let bytes = dir_bytes(&out);
+                assert!(bytes.iter().all(|(n, _)| !n.ends_with(".tmp") && n != PROGRESS), "{:?}", bytes.iter().map(|b| &b.0).collect::<Vec<_>>());
+                match &reference {
+                    None => reference = Some(bytes),
+                    Some(r) => assert_eq!(r, &bytes, "workers {workers}"),
+                }
+            }
+            let reference = reference.unwrap();
+            // Interrupt at several points, then resume.
+            for k in [0u64, 37, 1100, 2150] {
+                let out = root.join(format!("res-{format:?}-{k}"));
+                let p = Progress::default();
+                let enc = ByteEnc { cancel_after: Some(k), seen: AtomicU64::new(0), progress: Some(&p) };
+                let r = run_with(&cfg(&inp, &out, 2, format), &enc, "sha", &p);
+                if r.is_ok() {
+                    continue;
+                }
+                assert!(matches!(r, Err(Error::Cancelled)));
+                let p = Progress::default();
+                let enc = ByteEnc { cancel_after: None, seen: AtomicU64::new(0), progress: None };
+                let mut c = cfg(&inp, &out, 2, format);
+                assert!(run_with(&c, &enc, "sha", &p).is_err(), "no --resume must refuse");
+                c.resume = true;
+                run_with(&c, &enc, "sha", &p).unwrap();
+                assert_eq!(dir_bytes(&out), reference, "format {format:?} cancel after {k}");
+                // Resuming a finished job is a no-op.
+                run_with(&c, &enc, "sha", &p).unwrap();
+                assert_eq!(dir_bytes(&out), reference);
+            }
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn bad_files() {
+        let root = tmpdir("bad");
+        let inp = root.join("in");
+        make_corpus(&inp);
+        // a truncated gzip file: readable start, error later
+        let gz = std::fs::read(inp.join("z.txt.gz")).unwrap();
+        std::fs::write(inp.join("zz.txt.gz"), &gz[..gz.len() / 2]).unwrap();
+        let enc = ByteEnc { cancel_after: None, seen: AtomicU64::new(0), progress: None };
+        let out = root.join("out");
+        let err = run_with(&cfg(&inp, &out, 2, OutputFormat::Baichuan), &enc, "sha", &Progress::default()).unwrap_err();
+        assert!(err.to_string().contains("zz.txt.gz"), "{err}");
+        let mut c = cfg(&inp, &out, 2, OutputFormat::Baichuan);
+        c.skip_bad_files = true;
+        c.overwrite = true;
+        let m = run_with(&c, &enc, "sha", &Progress::default()).unwrap();
+        assert_eq!(m.counts.bad_files, 1);
+        let bad = m.inputs.iter().find(|f| f.status != "ok").unwrap();
+        assert!(bad.path.ends_with("zz.txt.gz") && bad.error.is_some());
+        // missing input: error naming it
+        let mut c = cfg(&root.join("nope"), &root.join("o2"), 1, OutputFormat::Baichuan);
+        c.inputs.push("/nonexistent/*.txt".into());
+        let err = run_with(&c, &enc, "sha", &Progress::default()).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

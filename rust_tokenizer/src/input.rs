@@ -1,0 +1,508 @@
+//! Input side of the bulk tokenizer: discovering input files, opening them (plain, gzip, zstd)
+//! while hashing and counting their on-disk bytes, splitting the decompressed stream into
+//! documents, and turning a document's raw bytes into text (UTF-8 policy, stripping, JSONL).
+//!
+//! Everything here is deterministic: the file list is sorted, and document boundaries depend only
+//! on the bytes.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// How a file's decompressed bytes are cut into documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocPer {
+    /// One document per line; `\n`, `\r\n` and a lone `\r` end a line (Python's universal
+    /// newlines, which upstream's `for line in open(...)` uses).
+    Line,
+    /// The whole file is one document.
+    File,
+}
+
+/// How a document's bytes are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    /// `jsonl` for names ending in `.jsonl`/`.ndjson` (before any `.gz`/`.zst`), `text` otherwise.
+    Auto,
+    Text,
+    Jsonl,
+}
+
+/// What to do with bytes that are not valid UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Utf8Policy {
+    /// Drop them (Python's `errors="ignore"`, what upstream does).
+    Ignore,
+    /// Replace each maximal invalid subsequence with U+FFFD (Python's `errors="replace"`).
+    Replace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn from_path(path: &Path) -> Self {
+        let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        if name.ends_with(".gz") {
+            Compression::Gzip
+        } else if name.ends_with(".zst") || name.ends_with(".zstd") {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// Whether `path` is read as JSONL under `format`.
+pub fn is_jsonl(path: &Path, format: InputFormat) -> bool {
+    match format {
+        InputFormat::Text => false,
+        InputFormat::Jsonl => true,
+        InputFormat::Auto => {
+            let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+            let base = name.trim_end_matches(".gz").trim_end_matches(".zstd").trim_end_matches(".zst");
+            base.ends_with(".jsonl") || base.ends_with(".ndjson")
+        }
+    }
+}
+
+fn has_glob_chars(s: &str) -> bool {
+    s.contains('*') || s.contains('?') || s.contains('[')
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name().map(|n| n.to_string_lossy().starts_with('.')).unwrap_or(false)
+}
+
+fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let rd = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    let mut entries = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        entries.push(entry.path());
+    }
+    entries.sort();
+    for path in entries {
+        if is_hidden(&path) {
+            continue;
+        }
+        // Follows symlinks: a link to a file is read, a link to a directory is walked.
+        if path.is_dir() {
+            walk_dir(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Expands the command line's inputs into the ordered list of files to read.
+///
+/// * a file is taken as is;
+/// * a directory is walked recursively, entries sorted by name at each level, hidden entries
+///   (names starting with `.`) skipped;
+/// * anything else that contains `*`, `?` or `[` is a glob pattern; its matches are sorted and
+///   each is expanded as above;
+/// * a path that does not exist, or a pattern that matches nothing, is an error naming it.
+///
+/// The same file named twice is read once (first position wins).
+pub fn discover(inputs: &[String]) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for input in inputs {
+        let path = PathBuf::from(input);
+        let mut found = Vec::new();
+        if path.is_dir() {
+            walk_dir(&path, &mut found)?;
+        } else if path.exists() {
+            found.push(path);
+        } else if has_glob_chars(input) {
+            let paths = glob::glob(input)
+                .map_err(|e| Error::Input { path: path.clone(), reason: format!("invalid glob pattern: {e}") })?;
+            let mut matches = Vec::new();
+            for p in paths {
+                let p = p.map_err(|e| Error::Input { path: e.path().to_path_buf(), reason: e.error().to_string() })?;
+                matches.push(p);
+            }
+            matches.sort();
+            if matches.is_empty() {
+                return Err(Error::Input { path, reason: "the pattern matches no file".into() });
+            }
+            for m in matches {
+                if m.is_dir() {
+                    walk_dir(&m, &mut found)?;
+                } else {
+                    found.push(m);
+                }
+            }
+        } else {
+            return Err(Error::Input { path, reason: "no such file or directory".into() });
+        }
+        for f in found {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a file's on-disk bytes, hashing them (sha256) and counting them into a shared counter
+/// (the progress bar's "bytes read").
+pub struct HashingReader {
+    inner: File,
+    hasher: Sha256,
+    bytes: u64,
+    counter: Arc<AtomicU64>,
+}
+
+impl HashingReader {
+    pub fn digest_hex(&mut self) -> String {
+        let h = std::mem::take(&mut self.hasher).finalize();
+        hex(&h)
+    }
+}
+
+impl Read for HashingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(H[(b >> 4) as usize] as char);
+        s.push(H[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// An open input: a decompressing, buffered reader over a hashing reader of the file.
+pub struct OpenInput {
+    reader: Box<dyn BufRead + Send>,
+    /// Shared with the decompressor so the hash can be taken at the end.
+    raw: Arc<std::sync::Mutex<Option<(String, u64)>>>,
+}
+
+/// Wraps the hashing reader so that, on EOF, the digest is stored for `OpenInput::finish`.
+struct FinishingReader {
+    inner: HashingReader,
+    done: Arc<std::sync::Mutex<Option<(String, u64)>>>,
+}
+
+impl Read for FinishingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let mut d = self.done.lock().unwrap_or_else(|e| e.into_inner());
+            if d.is_none() {
+                let bytes = self.inner.bytes;
+                *d = Some((self.inner.digest_hex(), bytes));
+            }
+        }
+        Ok(n)
+    }
+}
+
+const READ_BUF: usize = 1 << 20;
+
+pub fn open_input(path: &Path, counter: Arc<AtomicU64>) -> Result<OpenInput> {
+    let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let meta = file.metadata().map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    if meta.is_dir() {
+        return Err(Error::Input { path: path.to_path_buf(), reason: "is a directory".into() });
+    }
+    let done = Arc::new(std::sync::Mutex::new(None));
+    let raw = FinishingReader {
+        inner: HashingReader { inner: file, hasher: Sha256::new(), bytes: 0, counter },
+        done: done.clone(),
+    };
+    let reader: Box<dyn BufRead + Send> = match Compression::from_path(path) {
+        Compression::None => Box::new(BufReader::with_capacity(READ_BUF, raw)),
+        Compression::Gzip => Box::new(BufReader::with_capacity(
+            READ_BUF,
+            flate2::read::MultiGzDecoder::new(BufReader::with_capacity(READ_BUF, raw)),
+        )),
+        Compression::Zstd => {
+            let dec = zstd::stream::read::Decoder::new(raw)
+                .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+            Box::new(BufReader::with_capacity(READ_BUF, dec))
+        }
+    };
+    Ok(OpenInput { reader, raw: done })
+}
+
+impl OpenInput {
+    pub fn reader(&mut self) -> &mut (dyn BufRead + Send) {
+        &mut *self.reader
+    }
+
+    /// After the decompressed stream hit EOF: drains the rest of the on-disk file (a compressed
+    /// stream may end before the file does) and returns (sha256 hex, on-disk size).
+    pub fn finish(mut self) -> io::Result<(String, u64)> {
+        // Drop the decompressor, keeping nothing; the FinishingReader has recorded the digest if
+        // it reached EOF. If not (trailing garbage after a zstd frame, say), say so.
+        let mut sink = [0u8; 8192];
+        loop {
+            if self.raw.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                break;
+            }
+            let n = self.reader.read(&mut sink)?;
+            if n == 0 {
+                break;
+            }
+        }
+        drop(self.reader);
+        let d = self.raw.lock().unwrap_or_else(|e| e.into_inner()).take();
+        d.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "data after the end of the compressed stream"))
+    }
+}
+
+/// One document's position: where it ends in the decompressed stream and how many bytes it
+/// consumed (terminator included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocSpan {
+    pub end: u64,
+    pub consumed: u64,
+}
+
+/// Cuts a decompressed stream into documents, appending each one's bytes (terminator excluded)
+/// to a caller's buffer.
+pub struct Splitter {
+    per: DocPer,
+    max_doc_bytes: usize,
+    offset: u64,
+    finished: bool,
+}
+
+impl Splitter {
+    pub fn new(per: DocPer, max_doc_bytes: usize) -> Self {
+        Splitter { per, max_doc_bytes, offset: 0, finished: false }
+    }
+
+    /// Appends the next document's bytes to `out`; returns None at the end of the stream.
+    pub fn next_doc(&mut self, r: &mut dyn BufRead, out: &mut Vec<u8>) -> io::Result<Option<DocSpan>> {
+        if self.finished {
+            return Ok(None);
+        }
+        let start_len = out.len();
+        let start = self.offset;
+        match self.per {
+            DocPer::File => {
+                loop {
+                    let buf = r.fill_buf()?;
+                    if buf.is_empty() {
+                        break;
+                    }
+                    let n = buf.len();
+                    if out.len() - start_len + n > self.max_doc_bytes {
+                        return Err(too_long(start, self.max_doc_bytes));
+                    }
+                    out.extend_from_slice(buf);
+                    r.consume(n);
+                    self.offset += n as u64;
+                }
+                self.finished = true;
+                Ok(Some(DocSpan { end: self.offset, consumed: self.offset - start }))
+            }
+            DocPer::Line => loop {
+                let buf = r.fill_buf()?;
+                if buf.is_empty() {
+                    self.finished = true;
+                    if self.offset == start {
+                        return Ok(None);
+                    }
+                    return Ok(Some(DocSpan { end: self.offset, consumed: self.offset - start }));
+                }
+                match buf.iter().position(|&b| b == b'\n' || b == b'\r') {
+                    Some(i) => {
+                        if out.len() - start_len + i > self.max_doc_bytes {
+                            return Err(too_long(start, self.max_doc_bytes));
+                        }
+                        out.extend_from_slice(&buf[..i]);
+                        let cr = buf[i] == b'\r';
+                        let crlf_here = cr && i + 1 < buf.len() && buf[i + 1] == b'\n';
+                        let cr_at_end = cr && i + 1 == buf.len();
+                        let used = if crlf_here { i + 2 } else { i + 1 };
+                        r.consume(used);
+                        self.offset += used as u64;
+                        if cr_at_end {
+                            let next = r.fill_buf()?;
+                            if next.first() == Some(&b'\n') {
+                                r.consume(1);
+                                self.offset += 1;
+                            }
+                        }
+                        return Ok(Some(DocSpan { end: self.offset, consumed: self.offset - start }));
+                    }
+                    None => {
+                        let n = buf.len();
+                        if out.len() - start_len + n > self.max_doc_bytes {
+                            return Err(too_long(start, self.max_doc_bytes));
+                        }
+                        out.extend_from_slice(buf);
+                        r.consume(n);
+                        self.offset += n as u64;
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn too_long(start: u64, max: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the document starting at decompressed byte {start} is longer than --max-doc-bytes ({max})"),
+    )
+}
+
+/// Decodes bytes as UTF-8 under `policy`; returns the text and the number of maximal invalid
+/// subsequences met (each is one error for Python's decoder too).
+pub fn decode_utf8(bytes: &[u8], policy: Utf8Policy) -> (Cow<'_, str>, u64) {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return (Cow::Borrowed(s), 0);
+    }
+    let mut out = String::with_capacity(bytes.len());
+    let mut bad = 0u64;
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            bad += 1;
+            if policy == Utf8Policy::Replace {
+                out.push('\u{FFFD}');
+            }
+        }
+    }
+    (Cow::Owned(out), bad)
+}
+
+/// Python's `str.isspace()`: Unicode White_Space plus U+001C..U+001F.
+#[inline]
+pub fn is_python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python's `str.strip()` with no argument.
+pub fn python_strip(s: &str) -> &str {
+    s.trim_matches(is_python_space)
+}
+
+/// Extracts the text field of one JSONL line. `Ok(None)` for a blank line; `Err(reason)` for a
+/// line that is not a JSON object with a string at `field`.
+pub fn jsonl_text(line: &str, field: &str) -> std::result::Result<Option<String>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let obj = value.as_object().ok_or_else(|| "not a JSON object".to_string())?;
+    let v = match obj.get(field) {
+        Some(v) => v,
+        None => {
+            // dotted path into nested objects, e.g. "meta.text"
+            let mut cur: Option<&serde_json::Value> = Some(&value);
+            for part in field.split('.') {
+                cur = cur.and_then(|c| c.get(part));
+            }
+            cur.ok_or_else(|| format!("no field {field:?}"))?
+        }
+    };
+    match v.as_str() {
+        Some(s) => Ok(Some(s.to_string())),
+        None => Err(format!("field {field:?} is not a string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(data: &[u8], per: DocPer, bufsize: usize) -> Vec<(Vec<u8>, DocSpan)> {
+        let mut r = BufReader::with_capacity(bufsize, data);
+        let mut s = Splitter::new(per, 1 << 20);
+        let mut docs = Vec::new();
+        loop {
+            let mut out = Vec::new();
+            match s.next_doc(&mut r, &mut out).unwrap() {
+                Some(span) => docs.push((out, span)),
+                None => break,
+            }
+        }
+        docs
+    }
+
+    #[test]
+    fn universal_newlines_like_python() {
+        // Python: "a\nb\r\nc\rd\r\r\ne".splitlines-ish via io: a, b, c, d, "", e
+        for bufsize in [1, 2, 3, 7, 1024] {
+            let docs = split(b"a\nb\r\nc\rd\r\r\ne", DocPer::Line, bufsize);
+            let texts: Vec<&[u8]> = docs.iter().map(|d| d.0.as_slice()).collect();
+            assert_eq!(texts, vec![&b"a"[..], b"b", b"c", b"d", b"", b"e"], "bufsize {bufsize}");
+            let ends: Vec<u64> = docs.iter().map(|d| d.1.end).collect();
+            assert_eq!(ends, vec![2, 5, 7, 9, 11, 12]);
+        }
+        assert!(split(b"", DocPer::Line, 4).is_empty());
+        assert_eq!(split(b"x\n", DocPer::Line, 4).len(), 1);
+        assert_eq!(split(b"\n\n", DocPer::Line, 4).len(), 2);
+        let f = split(b"a\nb", DocPer::File, 2);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].0, b"a\nb");
+        let e = split(b"", DocPer::File, 2);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].1, DocSpan { end: 0, consumed: 0 });
+    }
+
+    #[test]
+    fn too_long_is_an_error() {
+        let mut r = BufReader::with_capacity(4, &b"0123456789\n"[..]);
+        let mut s = Splitter::new(DocPer::Line, 5);
+        assert!(s.next_doc(&mut r, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn utf8_policies() {
+        let b = b"a\xe4\xbdb\xffc\xe4\xbd\xa0";
+        let (s, n) = decode_utf8(b, Utf8Policy::Ignore);
+        assert_eq!((s.as_ref(), n), ("abc\u{4f60}", 2));
+        let (s, n) = decode_utf8(b, Utf8Policy::Replace);
+        assert_eq!((s.as_ref(), n), ("a\u{FFFD}b\u{FFFD}c\u{4f60}", 2));
+    }
+
+    #[test]
+    fn strip_like_python() {
+        assert_eq!(python_strip("\u{1c}\u{3000} a b\u{85}\r\n"), "a b");
+        assert_eq!(python_strip("\u{feff}x"), "\u{feff}x");
+    }
+
+    #[test]
+    fn jsonl() {
+        assert_eq!(jsonl_text(r#"{"text": "hi"}"#, "text"), Ok(Some("hi".into())));
+        assert_eq!(jsonl_text(r#"{"m": {"t": "hi"}}"#, "m.t"), Ok(Some("hi".into())));
+        assert_eq!(jsonl_text("  ", "text"), Ok(None));
+        assert!(jsonl_text("{", "text").is_err());
+        assert!(jsonl_text("[1]", "text").is_err());
+        assert!(jsonl_text(r#"{"text": 3}"#, "text").is_err());
+        assert!(jsonl_text(r#"{"x": "a"}"#, "text").is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! pyo3 bindings of the bulk corpus tokenizer (issue 3): `CorpusJob` runs a job on a Rust thread
+//! while Python polls its counters for a progress bar. Waiting releases the GIL. Knows nothing of
+//! the pipeline's internals.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::corpus::{self, CorpusConfig, Progress};
+use crate::error::Error;
+
+pyo3::create_exception!(_tokenizer, CorpusError, pyo3::exceptions::PyValueError);
+
+fn to_py(e: Error) -> PyErr {
+    match e {
+        Error::Io { .. } => PyOSError::new_err(e.to_string()),
+        other => CorpusError::new_err(other.to_string()),
+    }
+}
+
+type Outcome = std::result::Result<String, Error>;
+
+/// A bulk tokenization job: `CorpusJob(config_json)`, then `start()`, poll `progress()` /
+/// `wait(seconds)`, and take `result()` (the manifest as JSON text).
+#[pyclass(module = "baichuan._tokenizer")]
+pub struct CorpusJob {
+    config: CorpusConfig,
+    progress: Arc<Progress>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    outcome: Arc<Mutex<Option<Outcome>>>,
+}
+
+#[pymethods]
+impl CorpusJob {
+    #[new]
+    fn new(config_json: &str) -> PyResult<Self> {
+        let config = CorpusConfig::from_json(config_json).map_err(to_py)?;
+        Ok(CorpusJob {
+            config,
+            progress: Arc::new(Progress::default()),
+            handle: Mutex::new(None),
+            outcome: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Starts the job on a background thread.
+    fn start(&self) -> PyResult<()> {
+        let mut h = self.handle.lock().map_err(|_| PyRuntimeError::new_err("job state poisoned"))?;
+        if h.is_some() {
+            return Err(PyRuntimeError::new_err("the job was already started"));
+        }
+        let cfg = self.config.clone();
+        let progress = self.progress.clone();
+        let outcome = self.outcome.clone();
+        let handle = std::thread::Builder::new()
+            .name("baichuan-tokenize".into())
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    corpus::run(&cfg, &progress).and_then(|m| {
+                        serde_json::to_string(&m).map_err(|e| Error::Internal(e.to_string()))
+                    })
+                }));
+                let r = r.unwrap_or_else(|_| Err(Error::Internal("the corpus job panicked".into())));
+                if let Ok(mut o) = outcome.lock() {
+                    *o = Some(r);
+                }
+            })
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start a thread: {e}")))?;
+        *h = Some(handle);
+        Ok(())
+    }
+
+    /// Waits up to `timeout` seconds (GIL released); True when the job has ended.
+    fn wait(&self, py: Python<'_>, timeout: f64) -> bool {
+        let outcome = self.outcome.clone();
+        let step = Duration::from_millis(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        py.detach(move || loop {
+            if outcome.lock().map(|o| o.is_some()).unwrap_or(true) {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep(step.min(deadline - now));
+        })
+    }
+
+    /// Asks the job to stop at the next safe point; the output directory stays resumable.
+    fn cancel(&self) {
+        self.progress.cancel();
+    }
+
+    /// The live counters.
+    fn progress<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let p = &self.progress;
+        let d = PyDict::new(py);
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        d.set_item("raw_bytes_read", g(&p.raw_bytes_read))?;
+        d.set_item("raw_bytes_total", g(&p.raw_bytes_total))?;
+        d.set_item("raw_bytes_skipped", g(&p.raw_bytes_skipped))?;
+        d.set_item("text_bytes", g(&p.text_bytes))?;
+        d.set_item("documents", g(&p.documents))?;
+        d.set_item("dropped", g(&p.dropped))?;
+        d.set_item("tokens", g(&p.tokens))?;
+        d.set_item("files_done", g(&p.files_done))?;
+        d.set_item("files_total", g(&p.files_total))?;
+        Ok(d)
+    }
+
+    /// The manifest (JSON text) once the job has ended; raises the job's error.
+    fn result(&self, py: Python<'_>) -> PyResult<String> {
+        if let Ok(mut h) = self.handle.lock() {
+            if let Some(handle) = h.take() {
+                py.detach(move || {
+                    let _ = handle.join();
+                });
+            }
+        }
+        let mut o = self.outcome.lock().map_err(|_| PyRuntimeError::new_err("job state poisoned"))?;
+        match o.take() {
+            Some(Ok(m)) => {
+                *o = Some(Ok(m.clone()));
+                Ok(m)
+            }
+            Some(Err(e)) => Err(to_py(e)),
+            None => Err(PyRuntimeError::new_err("the job was not started")),
+        }
+    }
+}
+
+/// Runs a job to the end on the calling thread with the GIL released (no progress reporting).
+#[pyfunction]
+fn tokenize_corpus(py: Python<'_>, config_json: &str) -> PyResult<String> {
+    let cfg = CorpusConfig::from_json(config_json).map_err(to_py)?;
+    py.detach(move || {
+        let progress = Progress::default();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| corpus::run(&cfg, &progress)));
+        let m = r.unwrap_or_else(|_| Err(Error::Internal("the corpus job panicked".into())))?;
+        serde_json::to_string(&m).map_err(|e| Error::Internal(e.to_string()))
+    })
+    .map_err(to_py)
+}
+
+/// Adds the corpus names to the native module (called from py.rs).
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("CorpusError", m.py().get_type::<CorpusError>())?;
+    m.add_class::<CorpusJob>()?;
+    m.add_function(wrap_pyfunction!(tokenize_corpus, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Output side: atomic files (temp name, fsync, rename, fsync of the directory) and the
+//! project's own shard format (`shard-NNNNN.bin` + `shard-NNNNN.idx`, see docs/formats.md).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::input::hex;
+
+pub const TMP_SUFFIX: &str = ".tmp";
+
+/// Token storage type on disk (little-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    Uint16,
+    Uint32,
+    Int32,
+}
+
+impl DType {
+    pub fn itemsize(self) -> usize {
+        match self {
+            DType::Uint16 => 2,
+            DType::Uint32 | DType::Int32 => 4,
+        }
+    }
+    /// Appends `ids` as little-endian elements. Ids must fit (the dtype was chosen from the vocab).
+    pub fn encode_into(self, ids: &[u32], out: &mut Vec<u8>) {
+        out.reserve(ids.len() * self.itemsize());
+        match self {
+            DType::Uint16 => {
+                for &id in ids {
+                    out.extend_from_slice(&(id as u16).to_le_bytes());
+                }
+            }
+            DType::Uint32 | DType::Int32 => {
+                for &id in ids {
+                    out.extend_from_slice(&id.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(TMP_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// fsyncs a directory so that renames inside it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let f = File::open(dir).map_err(io_err(dir))?;
+        f.sync_all().map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+/// A file written under `<name>.tmp` and renamed to its name only when complete and fsynced;
+/// hashes what it writes.
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    w: BufWriter<File>,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<Self> {
+        let tmp = tmp_path(path);
+        let f = File::create(&tmp).map_err(io_err(&tmp))?;
+        Ok(AtomicFile { path: path.to_path_buf(), tmp, w: BufWriter::with_capacity(1 << 20, f), hasher: Sha256::new(), bytes: 0 })
+    }
+
+    pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        self.hasher.update(data);
+        self.bytes += data.len() as u64;
+        self.w.write_all(data).map_err(io_err(&self.tmp))
+    }
+
+    /// Flushes, fsyncs, renames to the final name, fsyncs the directory. Returns (bytes, sha256).
+    pub fn commit(self) -> Result<(u64, String)> {
+        let AtomicFile { path, tmp, w, hasher, bytes } = self;
+        let f = w.into_inner().map_err(|e| Error::Io { path: tmp.clone(), source: e.into_error() })?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok((bytes, hex(&hasher.finalize())))
+    }
+}
+
+/// Writes `value` as pretty JSON (with a final newline) to `path` atomically.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::Output { path: path.to_path_buf(), reason: e.to_string() })?;
+    text.push(b'\n');
+    let mut f = AtomicFile::create(path)?;
+    f.write_all(&text)?;
+    f.commit()?;
+    Ok(())
+}
+
+/// One finished shard, as listed in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    pub bin: String,
+    pub idx: String,
+    pub documents: u64,
+    pub tokens: u64,
+    pub bin_sha256: String,
+    pub idx_sha256: String,
+}
+
+pub fn shard_name(index: usize) -> (String, String) {
+    (format!("shard-{index:05}.bin"), format!("shard-{index:05}.idx"))
+}
+
+/// Writes one shard: tokens to `.bin`, uint64 document offsets (in tokens) to `.idx`.
+pub struct ShardWriter {
+    bin_name: String,
+    idx_name: String,
+    bin: AtomicFile,
+    idx: AtomicFile,
+    dtype: DType,
+    documents: u64,
+    tokens: u64,
+    buf: Vec<u8>,
+}
+
+impl ShardWriter {
+    pub fn create(dir: &Path, index: usize, dtype: DType) -> Result<Self> {
+        let (bin_name, idx_name) = shard_name(index);
+        let bin = AtomicFile::create(&dir.join(&bin_name))?;
+        let mut idx = AtomicFile::create(&dir.join(&idx_name))?;
+        idx.write_all(&0u64.to_le_bytes())?;
+        Ok(ShardWriter { bin_name, idx_name, bin, idx, dtype, documents: 0, tokens: 0, buf: Vec::new() })
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+    pub fn documents(&self) -> u64 {
+        self.documents
+    }
+
+    pub fn write_doc(&mut self, ids: &[u32]) -> Result<()> {
+        self.buf.clear();
+        self.dtype.encode_into(ids, &mut self.buf);
+        self.bin.write_all(&self.buf)?;
+        self.tokens += ids.len() as u64;
+        self.documents += 1;
+        self.idx.write_all(&self.tokens.to_le_bytes())
+    }
+
+    /// Makes the shard durable under its final names (`.bin` first, then `.idx`).
+    pub fn commit(self) -> Result<ShardEntry> {
+        let (_, bin_sha256) = self.bin.commit()?;
+        let (_, idx_sha256) = self.idx.commit()?;
+        Ok(ShardEntry {
+            bin: self.bin_name,
+            idx: self.idx_name,
+            documents: self.documents,
+            tokens: self.tokens,
+            bin_sha256,
+            idx_sha256,
+        })
+    }
+}
+
+/// Opens a file for appending after truncating it to `len` bytes (resume of a growing file).
+pub fn reopen_truncated(path: &Path, len: u64) -> Result<File> {
+    let f = OpenOptions::new().read(true).write(true).open(path).map_err(io_err(path))?;
+    let have = f.metadata().map_err(io_err(path))?.len();
+    if have < len {
+        return Err(Error::Output {
+            path: path.to_path_buf(),
+            reason: format!("is {have} bytes but the progress file recorded {len}; cannot resume (rerun with --overwrite)"),
+        });
+    }
+    f.set_len(len).map_err(io_err(path))?;
+    let mut f = f;
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(len)).map_err(io_err(path))?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_layout() {
+        let dir = std::env::temp_dir().join(format!("bc-shard-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = ShardWriter::create(&dir, 3, DType::Uint16).unwrap();
+        w.write_doc(&[1, 2, 3]).unwrap();
+        w.write_doc(&[65535]).unwrap();
+        let e = w.commit().unwrap();
+        assert_eq!(e.bin, "shard-00003.bin");
+        assert_eq!((e.documents, e.tokens), (2, 4));
+        let bin = std::fs::read(dir.join("shard-00003.bin")).unwrap();
+        assert_eq!(bin, vec![1, 0, 2, 0, 3, 0, 255, 255]);
+        let idx = std::fs::read(dir.join("shard-00003.idx")).unwrap();
+        let offs: Vec<u64> = idx.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(offs, vec![0, 3, 4]);
+        assert!(!dir.join("shard-00003.bin.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
