@@ -97,7 +97,7 @@ class ProgressLine:
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
         self.t0 = time.monotonic()
-        self.last = 0.0
+        self.last = 0.0 if self.tty else self.t0  # off a terminal, the first line comes after `interval`
         self.width = 0
 
     def render(self, p: dict[str, int], now: float) -> str:
