@@ -342,6 +342,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             str(ckpt_dir), tag=t, client_state={"train_config": cfg.to_dict()}, save_latest=False
         )
         _save_native(engine, zero_stage, tag_dir / "model", is_main, cfg.tokenizer)
+        if is_main:  # beside the DeepSpeed files too, where `baichuan export-hf CHECKPOINTS_DIR` looks
+            mcfg.to_json_file(tag_dir / "config.json")
         dist.barrier()
         if is_main:
             _write_atomic(ckpt_dir / "latest", t + "\n")

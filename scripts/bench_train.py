@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Training throughput under DeepSpeed: one short, self-contained GPU job.
+
+An 8-layer slice of Baichuan-7B's shapes (hidden 4096, ffn 11008, 32 heads, vocab 64000; 2.14B
+parameters), sequence 4096, micro-batch 2, bf16, DeepSpeed ZeRO-2 on one GPU (torch fused AdamW,
+so nothing is compiled with nvcc), random token ids. For each attention backend and each loss path
+it prints tokens/s, TFLOPS and MFU against 989.4 TFLOP/s (H100/H200 dense bf16), with
+
+    MFU = (6 * N_nonembed + 12 * layers * hidden * seq) * tokens/s / peak
+
+(``baichuan.model.flops_per_token``; the formula of ../shared/gpu/README.md, whose H200 anchors
+are: HF Llama + SDPA plain loop 42.6%, DeepSpeed ZeRO-2 + xformers 34.9%, DeepSpeed + SDPA 36.3%).
+
+Loss paths: ``chunked`` is ``baichuan.losses.chunked_cross_entropy`` (what ``baichuan train``
+uses; no fp32 logits for all 64000 classes), ``plain`` is bf16 logits + fp32 ``F.cross_entropy``.
+
+Each configuration runs in its own child process (clean GPU memory, fresh DeepSpeed state)::
+
+    python scripts/bench_train.py                       # GPU: all backends x {chunked, plain}
+    python scripts/bench_train.py --backends sdpa --loss chunked --steps 20
+    python scripts/bench_train.py --cpu-smoke           # tiny config on the CPU, checks the script runs
+
+On a GPU machine without internet, install the wheels prepared by ../shared/gpu/prepare-wheels.sh
+first (deepspeed, xformers); the script needs only torch, deepspeed and this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+PEAK = 989.4e12
+
+
+def child(args: argparse.Namespace) -> dict:
+    import torch
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(args.port))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    import deepspeed
+
+    from baichuan.config import ModelConfig
+    from baichuan.losses import lm_loss
+    from baichuan.model import BaichuanForCausalLM, flops_per_token
+
+    cuda = torch.cuda.is_available() and not args.cpu_smoke
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(0)
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    if args.cpu_smoke:
+        mcfg = ModelConfig.preset("tiny", vocab_size=1000, attn_backend=args.backend)
+    else:
+        mcfg = ModelConfig(num_hidden_layers=args.layers, attn_backend=args.backend)
+    mcfg.gradient_checkpointing = args.activation_checkpointing
+    torch.manual_seed(0)
+    model = BaichuanForCausalLM(mcfg)
+    bf16 = cuda or args.cpu_bf16
+    opt_params = {"lr": 3e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "torch_adam": True}
+    if cuda:
+        opt_params["fused"] = True  # torch's fused AdamW: no nvcc build, one kernel per step
+    ds = {
+        "train_micro_batch_size_per_gpu": args.micro_batch,
+        "gradient_accumulation_steps": 1,
+        "zero_allow_untested_optimizer": True,
+        "optimizer": {"type": "AdamW", "params": opt_params},
+        "zero_optimization": {"stage": args.zero, "contiguous_gradients": True, "overlap_comm": True,
+                              "reduce_scatter": True, "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8},
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+    }
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+    if args.compile:
+        engine.compile()
+    seq = args.seq
+    g = torch.Generator(device="cpu").manual_seed(0)
+    batches = [torch.randint(0, mcfg.vocab_size, (args.micro_batch, seq + 1), generator=g) for _ in range(4)]
+    chunk = args.chunk if args.loss == "chunked" else 0
+    times, losses = [], []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(args.warmup + args.steps):
+        x = batches[i % len(batches)].to(device, non_blocking=True)
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = lm_loss(engine, x[:, :-1], x[:, 1:], chunk)
+        engine.backward(loss)
+        engine.step()
+        if cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        losses.append(float(loss.detach().float()))
+        if i >= args.warmup:
+            times.append(dt)
+    step = statistics.median(times)
+    tps = args.micro_batch * seq / step
+    tflops = flops_per_token(mcfg, seq) * tps / 1e12
+    return {
+        "backend": engine.module.attn_backend_for(device),
+        "loss_path": args.loss,
+        "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
+        "step_s": step,
+        "tokens_per_s": tps,
+        "tflops": tflops,
+        "mfu": tflops * 1e12 / PEAK,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backends", default=None, help="comma list of sdpa,xformers,eager [sdpa,xformers on GPU; sdpa,eager on CPU]")
+    p.add_argument("--loss", default="chunked,plain", help="comma list of chunked,plain")
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--seq", type=int, default=4096)
+    p.add_argument("--micro-batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--zero", type=int, default=2)
+    p.add_argument("--chunk", type=int, default=2048, help="rows per cross-entropy chunk")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true", help="engine.compile() (torch.compile) before timing")
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny config on the CPU: checks the script, times nothing useful")
+    p.add_argument("--cpu-bf16", action="store_true", help="with --cpu-smoke: bf16 like the GPU run")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--backend", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=29517, help=argparse.SUPPRESS)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.cpu_smoke:
+        args.seq = min(args.seq, 128)
+        args.steps = min(args.steps, 3)
+        args.warmup = min(args.warmup, 1)
+        args.chunk = min(args.chunk, 64)
+
+    if args.child:
+        print("RESULT " + json.dumps(child(args)), flush=True)
+        return 0
+
+    if args.backends is None:
+        try:
+            import torch
+
+            gpu = torch.cuda.is_available() and not args.cpu_smoke
+        except ImportError:
+            gpu = False
+        args.backends = "sdpa,xformers" if gpu else "sdpa,eager"
+    rows = []
+    for b_i, backend in enumerate(args.backends.split(",")):
+        for l_i, loss in enumerate(args.loss.split(",")):
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--backend", backend, "--loss", loss,
+                   "--port", str(args.port + 10 * b_i + l_i)]
+            for name in ("layers", "seq", "micro_batch", "steps", "warmup", "zero", "chunk"):
+                cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+            for flag in ("activation_checkpointing", "compile", "cpu_smoke", "cpu_bf16"):
+                if getattr(args, flag):
+                    cmd.append(f"--{flag.replace('_', '-')}")
+            print(f"== {backend} / {loss} loss", file=sys.stderr, flush=True)
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if r.returncode != 0 or line is None:
+                tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+                rows.append({"backend": backend, "loss_path": loss, "error": " | ".join(tail)})
+                continue
+            rows.append(json.loads(line[len("RESULT "):]))
+    dev = next((r["device"] for r in rows if "device" in r), "?")
+    shape = "tiny CPU smoke config" if args.cpu_smoke else f"{args.layers}-layer Baichuan-7B slice"
+    print(f"\n{shape}, seq {args.seq}, micro-batch {args.micro_batch}, ZeRO-{args.zero}, device: {dev}")
+    print(f"{'backend':<10} {'loss':<8} {'tokens/s':>10} {'TFLOPS':>8} {'MFU':>7} {'step s':>8} {'peak GiB':>9} {'loss0->N':>16}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['backend']:<10} {r['loss_path']:<8} failed: {r['error']}")
+            continue
+        print(f"{r['backend']:<10} {r['loss_path']:<8} {r['tokens_per_s']:>10.0f} {r['tflops']:>8.1f} {r['mfu']:>7.1%} "
+              f"{r['step_s']:>8.3f} {r['peak_mem_gib']:>9.1f} {r['first_loss']:>7.3f}->{r['last_loss']:.3f}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
