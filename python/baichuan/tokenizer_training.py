@@ -1,0 +1,248 @@
+"""Training a SentencePiece BPE tokenizer with Baichuan-7B's recipe.
+
+The training itself is the ``sentencepiece`` library's trainer (a dependency of the ``[train]``
+extra; install ``sentencepiece`` alone to use only this). The defaults are the ``trainer_spec`` and
+``normalizer_spec`` recorded in Baichuan-7B's own ``tokenizer.model`` (``tests/test_train_tokenizer.py``
+checks them field by field against ``../shared/spm-models/baichuan-7b.model``), except:
+
+* ``num_threads``: the machine's cores instead of 120;
+* the line-feed and tab symbols: the recorded trainer_spec lists ``<LF>`` and ``<tab>``, but the
+  released model's pieces 5 and 6 are a real ``"\\n"`` and ``"\\t"`` (the pieces were edited after
+  training); we train with ``"\\n"`` and ``"\\t"`` so that the result behaves like the released model.
+
+Input: text files (one sentence per line, as upstream), JSONL (a text field), ``.gz`` / ``.zst``;
+each line is stripped like Python's ``str.strip()`` and empty lines are skipped. Sampling of large
+corpora is sentencepiece's own: ``input_sentence_size`` sentences drawn uniformly from all input
+lines (``shuffle_input_sentence``), with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+# Baichuan-7B's user-defined symbols before the reserved ones, in the released model's order
+# (pieces 3..91): markup, digits, full-width digits and punctuation.
+BAICHUAN_SYMBOLS: tuple[str, ...] = (
+    "<SEP>", "<CLS>", "\n", "\t",
+    "<h2>", "<h2/>", "</h2>", "<br>", "<br/>", "</br>", "<strong>", "<strong/>", "</strong>",
+    "<h1>", "<h1/>", "</h1>", "<p>", "<p/>", "</p>", "<h5>", "<h5/>", "</h5>", "<h3>", "<h3/>", "</h3>",
+    "<table>", "<table/>", "</table>", "<li>", "<li/>", "</li>", "<tr>", "<tr/>", "</tr>",
+    "<h4>", "<h4/>", "</h4>", "<tbody>", "<tbody/>", "</tbody>", "<img>", "<img/>", "</img>",
+    "<b>", "<b/>", "</b>", "<td>", "<td/>", "</td>",
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9",
+    "０", "１", "２", "３", "４", "５", "６", "７", "８", "９",
+    "，", "。", "！", "？", "、", "：", "￥", ".", "!", "?", "《", "》", "【", "】", "『", "』",
+    "```", "<!--", "-->", "---", "<!DOCTYPE>",
+)
+BAICHUAN_RESERVED = 300  # <reserved_0> .. <reserved_299>
+
+
+def reserved_symbols(n: int) -> list[str]:
+    return [f"<reserved_{i}>" for i in range(n)]
+
+
+@dataclass
+class TrainTokenizerConfig:
+    """Options of ``baichuan train-tokenizer``; defaults are Baichuan-7B's recipe."""
+
+    inputs: list[str]
+    model_prefix: str  # writes PREFIX.model and PREFIX.vocab
+    vocab_size: int = 64000
+    model_type: str = "bpe"
+    character_coverage: float = 1.0
+    byte_fallback: bool = True
+    normalization_rule_name: str = "nmt_nfkc"
+    add_dummy_prefix: bool = True
+    remove_extra_whitespaces: bool = False
+    split_digits: bool = False
+    split_by_unicode_script: bool = True
+    split_by_number: bool = True
+    split_by_whitespace: bool = True
+    max_sentencepiece_length: int = 10
+    max_sentence_length: int = 8192
+    input_sentence_size: int = 10_000_000
+    shuffle_input_sentence: bool = True
+    seed_sentencepiece_size: int = 1_000_000
+    num_sub_iterations: int = 2
+    train_extremely_large_corpus: bool = True
+    user_defined_symbols: list[str] = field(default_factory=lambda: list(BAICHUAN_SYMBOLS) + reserved_symbols(BAICHUAN_RESERVED))
+    control_symbols: list[str] = field(default_factory=list)
+    unk_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+    pad_id: int = -1
+    num_threads: int = 0  # 0: one per core
+    seed: int = 0
+    text_field: str = "text"  # for JSONL inputs
+    hard_vocab_limit: bool = True
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``sentencepiece.SentencePieceTrainer.train``."""
+        if len(set(self.user_defined_symbols)) != len(self.user_defined_symbols):
+            raise ValueError("duplicate user-defined symbols")
+        return dict(
+            model_type=self.model_type,
+            vocab_size=self.vocab_size,
+            character_coverage=self.character_coverage,
+            byte_fallback=self.byte_fallback,
+            normalization_rule_name=self.normalization_rule_name,
+            add_dummy_prefix=self.add_dummy_prefix,
+            remove_extra_whitespaces=self.remove_extra_whitespaces,
+            split_digits=self.split_digits,
+            split_by_unicode_script=self.split_by_unicode_script,
+            split_by_number=self.split_by_number,
+            split_by_whitespace=self.split_by_whitespace,
+            max_sentencepiece_length=self.max_sentencepiece_length,
+            max_sentence_length=self.max_sentence_length,
+            input_sentence_size=self.input_sentence_size,
+            shuffle_input_sentence=self.shuffle_input_sentence,
+            seed_sentencepiece_size=self.seed_sentencepiece_size,
+            num_sub_iterations=self.num_sub_iterations,
+            train_extremely_large_corpus=self.train_extremely_large_corpus,
+            user_defined_symbols=list(self.user_defined_symbols),
+            control_symbols=list(self.control_symbols),
+            unk_id=self.unk_id,
+            bos_id=self.bos_id,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            num_threads=self.num_threads or (os.cpu_count() or 1),
+            hard_vocab_limit=self.hard_vocab_limit,
+        )
+
+
+def _open_text(path: Path) -> IO[str]:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="ignore")
+    if name.endswith(".zst") or name.endswith(".zstd"):
+        import zstandard  # in the [train] extra
+
+        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))  # noqa: SIM115
+        return io.TextIOWrapper(raw, encoding="utf-8", errors="ignore")
+    return open(path, encoding="utf-8", errors="ignore")  # noqa: SIM115
+
+
+def _is_jsonl(path: Path) -> bool:
+    base = path.name.lower()
+    for suffix in (".gz", ".zstd", ".zst"):
+        base = base.removesuffix(suffix)
+    return base.endswith(".jsonl") or base.endswith(".ndjson")
+
+
+def discover_files(inputs: Sequence[str]) -> list[Path]:
+    """Files, directories (recursive, sorted, hidden entries skipped) and glob patterns, in the
+    order ``baichuan tokenize`` uses."""
+    import glob
+
+    out: list[Path] = []
+
+    def walk(d: Path) -> Iterator[Path]:
+        for p in sorted(d.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if p.is_dir():
+                yield from walk(p)
+            else:
+                yield p
+
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            found = list(walk(p))
+        elif p.exists():
+            found = [p]
+        elif any(c in s for c in "*?["):
+            found = []
+            for m in sorted(glob.glob(s)):
+                mp = Path(m)
+                found.extend(walk(mp) if mp.is_dir() else [mp])
+            if not found:
+                raise FileNotFoundError(f"{s}: the pattern matches no file")
+        else:
+            raise FileNotFoundError(f"{s}: no such file or directory")
+        for f in found:
+            if f not in out:
+                out.append(f)
+    return out
+
+
+def iter_sentences(files: Iterable[Path], text_field: str = "text", max_sentence_length: int | None = None) -> Iterator[str]:
+    """Non-empty stripped lines (or JSONL text fields) of the files, in order."""
+    for path in files:
+        jsonl = _is_jsonl(path)
+        with _open_text(path) as f:
+            for line in f:
+                if jsonl:
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    text = obj.get(text_field) if isinstance(obj, dict) else None
+                    if not isinstance(text, str):
+                        continue
+                    # sentencepiece trains on lines: a multi-line text gives one sentence per line
+                    for part in text.splitlines():
+                        part = part.strip()
+                        if part:
+                            yield part
+                    continue
+                line = line.strip()
+                if line and (max_sentence_length is None or len(line.encode("utf-8")) <= max_sentence_length):
+                    yield line
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    vocab_path: Path
+    vocab_size: int
+    sentences: int
+
+
+def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainResult:
+    """Trains with sentencepiece and writes ``PREFIX.model`` and ``PREFIX.vocab``."""
+    try:
+        import sentencepiece as spm
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "train-tokenizer needs the sentencepiece trainer: pip install 'baichuan[train]' (or pip install sentencepiece)"
+        ) from e
+    files = discover_files(cfg.inputs)
+    if not files:
+        raise FileNotFoundError("no input files")
+    kwargs = cfg.trainer_kwargs()
+    count = 0
+
+    def sentences() -> Iterator[str]:
+        nonlocal count
+        for s in iter_sentences(files, cfg.text_field, cfg.max_sentence_length):
+            count += 1
+            yield s
+
+    prefix = Path(cfg.model_prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    if hasattr(spm, "set_random_generator_seed"):
+        spm.set_random_generator_seed(cfg.seed)
+    spm.SentencePieceTrainer.train(sentence_iterator=sentences(), model_writer=model, **kwargs)
+    if count == 0:
+        raise ValueError("the inputs hold no non-empty line to train on")
+    model_path = Path(f"{prefix}.model")
+    vocab_path = Path(f"{prefix}.vocab")
+    tmp = Path(f"{model_path}.tmp")
+    tmp.write_bytes(model.getvalue())
+    os.replace(tmp, model_path)
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    with open(vocab_path, "w", encoding="utf-8") as f:
+        for i in range(sp.get_piece_size()):
+            f.write(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n")
+    return TrainResult(model_path, vocab_path, sp.get_piece_size(), count)
