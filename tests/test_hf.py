@@ -226,7 +226,7 @@ def test_errors_name_what_differs(tmp_path, spm_path):
 
 
 DS_SCRIPT = textwrap.dedent("""
-    import os, sys, torch
+    import os, shutil, sys, torch
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[3], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     import deepspeed
     from baichuan.checkpoint import save_model
@@ -242,9 +242,14 @@ DS_SCRIPT = textwrap.dedent("""
     engine.backward(engine(ids, labels=ids).loss)
     engine.step()
     engine.save_checkpoint(sys.argv[1])
+    # the layout `baichuan train` writes: CKPT/latest, CKPT/<tag>/{mp_rank_*, model/}
+    native = os.path.join(sys.argv[1], "global_step1", "model")
     if int(sys.argv[2]) < 3:
-        save_model(engine.module, sys.argv[1] + "-native")
-    model.config.to_json_file(os.path.join(sys.argv[1], "config.json"))
+        save_model(engine.module, native)
+    else:
+        os.makedirs(native)
+        model.config.to_json_file(os.path.join(native, "config.json"))
+    shutil.copyfile(sys.argv[4], os.path.join(native, "tokenizer.model"))
 """)
 
 
@@ -255,18 +260,22 @@ def test_deepspeed_checkpoint_export(tmp_path, spm_path, stage):
     script = tmp_path / "ds.py"
     script.write_text(DS_SCRIPT)
     port = str(29400 + stage)
-    proc = subprocess.run([sys.executable, str(script), str(ckpt), str(stage), port],
+    proc = subprocess.run([sys.executable, str(script), str(ckpt), str(stage), port, str(spm_path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = export_hf(ckpt, tmp_path / "hf", tokenizer=spm_path)
+    out = export_hf(ckpt, tmp_path / "hf")  # config and tokenizer found in global_step1/model/
     cfg, state = load_checkpoint(out)
     assert cfg.hidden_size == 64 and state["lm_head.weight"].dtype == torch.float32
     # a tag folder works too, and the result equals the engine's own weights
-    cfg2, state2 = load_checkpoint(ckpt / "global_step1", config=ckpt / "config.json")
-    assert all(torch.equal(state[k], state2[k]) for k in state)
+    cfg2, state2 = load_checkpoint(ckpt / "global_step1")
+    assert cfg2 == cfg and all(torch.equal(state[k], state2[k]) for k in state)
     if stage < 3:
-        _, native = load_checkpoint(str(ckpt) + "-native")
+        _, native = load_checkpoint(ckpt / "global_step1" / "model")
         assert all(torch.equal(state[k], native[k].float()) for k in native)
+    (ckpt / "global_step1" / "model" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="--config"):
+        load_checkpoint(ckpt)
+    assert load_checkpoint(ckpt, config=out / "config.json")[0] == cfg
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32)

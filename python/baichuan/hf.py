@@ -222,6 +222,28 @@ def _deepspeed_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return _normalise_keys(dict(state))
 
 
+def _side_folders(path: Path) -> list[Path]:
+    """Where a checkpoint's config.json / tokenizer.model may sit: the folder itself and, for a
+    DeepSpeed checkpoint, the tag folder and its ``model/`` native folder (what ``baichuan train``
+    writes: CKPT/latest, CKPT/step-N/{mp_rank_*, model/config.json, model/tokenizer.model})."""
+    folders = [path]
+    if (path / "latest").is_file():
+        tag = (path / "latest").read_text(encoding="utf-8").strip()
+        if tag and "/" not in tag and "\\" not in tag and tag not in (".", ".."):
+            folders += [path / tag, path / tag / "model"]
+    elif is_deepspeed_checkpoint(path):
+        folders += [path / "model", path.parent]
+    return folders
+
+
+def find_tokenizer(checkpoint: str | os.PathLike[str]) -> Path | None:
+    """``tokenizer.model`` stored with a checkpoint (see ``_side_folders``), or None."""
+    for d in _side_folders(Path(checkpoint)):
+        if (d / "tokenizer.model").is_file():
+            return d / "tokenizer.model"
+    return None
+
+
 def _find_config(path: Path, config: str | os.PathLike[str] | ModelConfig | None) -> ModelConfig:
     if isinstance(config, ModelConfig):
         return config
@@ -235,13 +257,7 @@ def _find_config(path: Path, config: str | os.PathLike[str] | ModelConfig | None
             return ModelConfig.preset(str(config))
         except ValueError:
             raise FileNotFoundError(f"model config {config}: neither a config.json, a folder with one, nor a preset") from None
-    candidates = [path / CONFIG_NAME]
-    if (path / "latest").is_file():
-        tag = (path / "latest").read_text(encoding="utf-8").strip()
-        if tag and "/" not in tag and ".." not in tag:
-            candidates.append(path / tag / CONFIG_NAME)
-    else:
-        candidates.append(path.parent / CONFIG_NAME)
+    candidates = [d / CONFIG_NAME for d in _side_folders(path)]
     for c in candidates:
         if c.is_file():
             return ModelConfig.from_json_file(c)
@@ -397,10 +413,11 @@ def export_hf(
 
     out = Path(output)
     ckpt = Path(checkpoint)
-    tok_path = Path(tokenizer) if tokenizer is not None else ckpt / "tokenizer.model"
-    if not tok_path.is_file():
+    tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(ckpt)
+    if tok_path is None or not tok_path.is_file():
         raise FileNotFoundError(
-            f"tokenizer model not found: {tok_path} (pass --tokenizer PATH to the SentencePiece .model)"
+            f"tokenizer model not found: {tok_path or ckpt / 'tokenizer.model'} "
+            "(pass --tokenizer PATH to the SentencePiece .model)"
         )
     if dtype != "auto" and dtype not in _DTYPES:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")

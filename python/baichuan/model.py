@@ -43,6 +43,10 @@ Attention backends (``ModelConfig.attn_backend``)
     with xformers, and the 8-layer model trained at 42.6% vs 24.7% MFU, so ``auto`` does not pick
     xformers; ``scripts/gpu_check_model.py`` re-measures this on any card. On a CPU ``auto`` logs
     one line saying xformers is not used. Requesting ``xformers`` without CUDA raises.
+    2026-11-26, 2-core CPU dev box (shared with other jobs, load ~6-7):
+    ``python scripts/bench_model.py`` (preset small, B=4 T=512, fp32 forward, median of 3):
+    eager 2556 ms, sdpa 1724 ms (an earlier ad-hoc run: 1930 vs 948), so sdpa is also the CPU
+    choice of ``auto``.
 
 Throughput accounting
     ``flops_per_token(config, seq_len) = 6 * N_nonembed + 12 * L * hidden * seq_len`` where

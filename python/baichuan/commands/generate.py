@@ -11,9 +11,13 @@ HELP = "Generate text from a model folder (native, exported transformers, or off
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", nargs="?", help="prompt text; read from stdin when omitted or '-'")
-    parser.add_argument("--model", required=True, help="model folder (config.json + weights)")
     parser.add_argument(
-        "--tokenizer", help="SentencePiece .model (default: MODEL/tokenizer.model)"
+        "--model", required=True,
+        help="model folder: native (config.json + model.safetensors), exported or official transformers "
+        "layout, or a DeepSpeed checkpoint directory written by `baichuan train`",
+    )
+    parser.add_argument(
+        "--tokenizer", help="SentencePiece .model (default: the tokenizer.model stored with the model)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=64, help="default 64 (upstream example)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
@@ -43,14 +47,14 @@ def run(args: argparse.Namespace) -> int:
 
     from baichuan import Tokenizer
     from baichuan.generate import GenerationConfig, check_vocab, generate
-    from baichuan.hf import load_pretrained
+    from baichuan.hf import find_tokenizer, load_pretrained
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     prompt = args.prompt
     if prompt is None or prompt == "-":
         prompt = sys.stdin.read()
     model_dir = Path(args.model)
-    tok_path = Path(args.tokenizer) if args.tokenizer else model_dir / "tokenizer.model"
+    tok_path = Path(args.tokenizer) if args.tokenizer else find_tokenizer(model_dir) or model_dir / "tokenizer.model"
     if not tok_path.is_file():
         print(f"baichuan generate: tokenizer model not found: {tok_path} (pass --tokenizer)", file=sys.stderr)
         return 2
