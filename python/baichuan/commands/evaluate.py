@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run every prompt in full (same results, slower)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
+    parser.add_argument("--backend", default="auto", choices=("auto", "baichuan", "transformers"),
+                        help="auto: Baichuan folders (ours, export-hf, official) load into our model, "
+                             "other transformers folders through AutoModelForCausalLM")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow a transformers folder's own modelling code (only for folders you trust)")
     parser.add_argument("--limit", type=int, default=None, help="first N questions per subject (smoke runs)")
@@ -54,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
         shot=args.shot, split=args.split, subjects=args.subjects, batch_size=args.batch_size,
         max_length=args.max_length, output=args.output, show_prompts=args.show_prompts,
         add_bos=args.add_bos, prefix_cache=not args.no_prefix_cache, device=args.device,
-        dtype=args.dtype, trust_remote_code=args.trust_remote_code, limit=args.limit,
+        dtype=args.dtype, trust_remote_code=args.trust_remote_code, backend=args.backend, limit=args.limit,
         progress=not args.no_progress,
     )
     try:
         result = run_eval(cfg)
-    except (EvalDataError, FileNotFoundError) as exc:
+    except (EvalDataError, FileNotFoundError, ValueError) as exc:
         print(f"baichuan eval: {exc}", file=sys.stderr)
         return 1
     print(f"{result.task} {result.split} {result.shot}-shot, {result.questions} questions, "

@@ -62,42 +62,59 @@ def load_tokenizer(model_dir: str | os.PathLike[str] | None, tokenizer: str | os
     raise EvalDataError(f"{model_dir}: no tokenizer.model; pass --tokenizer")
 
 
-def _is_hf_folder(path: Path) -> bool:
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        return False
+def _config(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
+        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_hf_folder(path: Path) -> bool:
+    """A transformers folder (not our native one, whose config is the ModelConfig dataclass)."""
+    data = _config(path)
+    if "model_type" not in data or ("architectures" not in data and "attn_backend" in data):
         return False
-    if not isinstance(data, dict) or "model_type" not in data:
-        return False
-    if "architectures" not in data and "attn_backend" in data:
-        return False  # our native folder (baichuan.checkpoint): the ModelConfig dataclass
     weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                "pytorch_model.bin.index.json")
     return any((path / w).is_file() for w in weights)
 
 
-def load_model(
-    model_dir: str | os.PathLike[str], *, device: str, dtype: Any, trust_remote_code: bool = False
-) -> Any:
-    """Our checkpoint folder or a transformers folder, in eval mode on ``device``."""
-    import torch
+def _is_baichuan(path: Path) -> bool:
+    """Our native folder, a folder ``baichuan export-hf`` wrote, or the official Baichuan-7B
+    release: all load into our ``BaichuanForCausalLM`` without remote code."""
+    data = _config(path)
+    archs = [a.lower() for a in data.get("architectures") or []]
+    return data.get("model_type") == "baichuan" or any("baichuan" in a for a in archs)
 
+
+BACKENDS = ("auto", "baichuan", "transformers")
+
+
+def load_model(
+    model_dir: str | os.PathLike[str], *, device: str, dtype: Any, trust_remote_code: bool = False,
+    backend: str = "auto",
+) -> Any:
+    """The model in eval mode on ``device``.
+
+    ``auto``: Baichuan folders (ours, exported, official) -> ``BaichuanForCausalLM``; any other
+    transformers folder -> ``AutoModelForCausalLM``. ``transformers`` forces the latter (remote
+    code only with ``trust_remote_code``)."""
     path = Path(model_dir)
     if not path.is_dir():
         raise EvalDataError(f"{path}: model directory not found")
-    if _is_hf_folder(path):
+    if backend not in BACKENDS:
+        raise EvalDataError(f"unknown backend {backend!r} (have {', '.join(BACKENDS)})")
+    if backend == "transformers" or (backend == "auto" and _is_hf_folder(path) and not _is_baichuan(path)):
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype, trust_remote_code=trust_remote_code
         )
     else:
-        from baichuan.checkpoint import load_model as load_native
+        from baichuan.hf import load_pretrained
 
-        model = load_native(path, device="cpu", dtype=dtype)
+        model = load_pretrained(path, device="cpu", dtype=dtype)
     model = model.to(device)
     model.eval()
     return model

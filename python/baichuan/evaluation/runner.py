@@ -36,6 +36,7 @@ class EvalConfig:
     device: str | None = None
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     trust_remote_code: bool = False
+    backend: str = "auto"  # auto | baichuan | transformers (see backends.load_model)
     limit: int | None = None  # score only the first N questions of each subject (smoke runs)
     progress: bool = True
 
@@ -253,7 +254,8 @@ def run(cfg: EvalConfig) -> EvalResult:
         raise EvalDataError("--model is required")
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
-    model = load_model(cfg.model, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    model = load_model(cfg.model, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                       backend=cfg.backend)
     result = evaluate(cfg, model, tokenizer, model_name=Path(cfg.model).name)
     if cfg.output:
         write_outputs(result, Path(cfg.output))
