@@ -83,6 +83,20 @@ def write_shards(
     return out
 
 
+def tokenize_with_cli(text_dir: Path, out: Path, shard_tokens: str = "20000") -> Path:
+    """Real `baichuan tokenize` output (the corpus helper's Rust writer), several shards."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "baichuan", "tokenize", "--tokenizer", str(SPM), "--input", str(text_dir),
+         "--output", str(out), "--shard-size", shard_tokens, "--workers", "2", "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 def upstream_docs(text_dir: Path, encode, eos: int = 2) -> list[list[int]]:
     """Upstream Baichuan-7B's rule, written out plainly: strip, encode, + EOS, drop if < 20 tokens."""
     docs = []
@@ -141,6 +155,19 @@ def test_shard_position_resumes_exactly_across_epochs(tmp_path: Path) -> None:
         resumed = ShardSource(m, 29, 2, 1, 2, seed=3, state=state)
         for j in range(k, 40):
             np.testing.assert_array_equal(resumed.next_batch(), batches[j])
+
+
+def test_real_tokenize_output_is_upstreams_document_stream(tmp_path: Path) -> None:
+    need_shared()
+    text = make_text_dir(tmp_path / "text", 3, 80)
+    d = tokenize_with_cli(text, tmp_path / "shards", shard_tokens="3000")
+    m = ShardManifest.load(d)
+    assert len(m.shards) > 1 and m.tokenizer_sha256 == file_sha256(SPM) and m.vocab_size == 32000
+    flat = np.concatenate([np.asarray(x) for x in upstream_docs(text, spm_encoder())])
+    src = ShardSource(m, seq_len=41, micro_batch=1, rank=0, world_size=1, seed=0)
+    assert src.n_windows == len(flat) // 41
+    for w in range(src.n_windows):  # windows = the upstream stream cut in order, across shard files
+        np.testing.assert_array_equal(src.window(w), flat[w * 41 : (w + 1) * 41])
 
 
 def test_real_text_shards_pack_documents_with_eos(tmp_path: Path) -> None:

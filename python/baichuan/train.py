@@ -275,8 +275,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
 
     torch.manual_seed(cfg.seed)
     if zero_stage == 3:
-        with deepspeed.zero.Init(config_dict_or_path=ds_config):
-            model = BaichuanForCausalLM(mcfg)
+        model = _build_zero3_model(mcfg, ds_config, is_main)
     else:
         model = BaichuanForCausalLM(mcfg)
     if cfg.init_from and tag is None:
@@ -312,7 +311,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     tokens_per_step = env.world_size * micro_batch * grad_accum * cfg.max_length
     if is_main:
         log.info(
-            f"model {cfg.model} {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params "
+            f"model {cfg.model} {sum(getattr(p, 'ds_numel', p.numel()) for p in model.parameters()) / 1e6:.1f}M params "
             f"(layers={mcfg.num_hidden_layers} hidden={mcfg.hidden_size} vocab={mcfg.vocab_size}); "
             f"{env.world_size} rank(s) on {device.type}, ZeRO-{zero_stage}, {precision_of(ds_config)}, "
             f"micro-batch {micro_batch} x accumulation {grad_accum} x seq {cfg.max_length}; data: {source.describe()}"
@@ -368,7 +367,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             if top >= vocab:
                 raise data_mod.DataError(f"{cfg.data}: token id {top} is outside the model's vocabulary ({vocab})")
             fingerprint = zlib.crc32(batch.tobytes(), fingerprint)
-            x = torch.from_numpy(batch).to(device, non_blocking=True)
+            x = torch.from_numpy(batch)
+            x = x.pin_memory().to(device, non_blocking=True) if cuda else x
             micro += 1
             from baichuan.losses import lm_loss
 
@@ -446,6 +446,38 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
 
 
 # ------------------------------------------------------------------------------ helpers
+def _build_zero3_model(mcfg: Any, ds_config: dict[str, Any], is_main: bool) -> Any:
+    """Build the model with parameters partitioned as they are created (``zero.Init``), so no rank
+    ever holds the whole model; then initialise each module's weights with the model's own
+    ``reset_parameters``, one module at a time with its parameters gathered (rank 0 writes,
+    DeepSpeed broadcasts). The model's constructor would otherwise initialise empty partitions."""
+    import deepspeed
+
+    from baichuan.model import BaichuanForCausalLM
+
+    class _Deferred(BaichuanForCausalLM):
+        def reset_parameters(self) -> None:  # parameters are partitioned here; done below
+            pass
+
+    class _OneModule:
+        def __init__(self, module: Any, config: Any) -> None:
+            self._module, self.config = module, config
+
+        def modules(self) -> list[Any]:
+            return [self._module]
+
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = _Deferred(mcfg)
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if not params:
+            continue
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+            if is_main:
+                BaichuanForCausalLM.reset_parameters(_OneModule(module, mcfg))  # type: ignore[arg-type]
+    return model
+
+
 def _save_rng(path: Path) -> None:
     import torch
     from safetensors.torch import save_file
