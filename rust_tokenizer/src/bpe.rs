@@ -22,7 +22,7 @@ pub enum Tok {
     Unk(u32, u32),
 }
 
-const NONE: u32 = u32::MAX;
+pub(crate) const NONE: u32 = u32::MAX;
 /// Resegmentation recursion cap (0.2.x).
 const MAX_RESEG_DEPTH: u32 = 100;
 /// Below this many symbols a linear scan for the best pair beats the heap.
@@ -32,6 +32,8 @@ const LINEAR_MAX: usize = 24;
 struct Sym {
     start: u32,
     end: u32,
+    /// Id of the mergeable piece equal to this symbol, or `NONE`.
+    id: u32,
     prev: u32,
     next: u32,
     frozen: bool,
@@ -82,9 +84,11 @@ impl Bpe {
                 len = lead_len(text[pos], n - pos);
             }
             let i = syms.len() as u32;
+            let id = if frozen { NONE } else { char_id(tok, &text[pos..pos + len]) };
             syms.push(Sym {
                 start: pos as u32,
                 end: (pos + len) as u32,
+                id,
                 prev: if i == 0 { NONE } else { i - 1 },
                 next: i + 1,
                 frozen,
@@ -105,7 +109,12 @@ impl Bpe {
         let mut i = if self.syms.is_empty() { NONE } else { 0 };
         while i != NONE {
             let s = self.syms[i as usize];
-            emit(tok, text, (s.start, s.end), 0, rev.as_ref(), out);
+            if s.id != NONE && rev.is_none() {
+                // A mergeable piece and no UNUSED pieces in the model: NORMAL or USER_DEFINED.
+                out.push(Tok::Id(s.id));
+            } else {
+                emit(tok, text, (s.start, s.end), 0, rev.as_ref(), out);
+            }
             i = s.next;
         }
     }
@@ -115,6 +124,11 @@ impl Bpe {
         if l.frozen || r.frozen {
             return None;
         }
+        if l.id != NONE && r.id != NONE {
+            // Both are pieces: the pair table holds every mergeable concatenation of two pieces.
+            return tok.pairs.get(&((u64::from(l.id) << 32) | u64::from(r.id))).copied();
+        }
+        // A character that is not a mergeable piece (rare): look the string up.
         tok.merge.get(&text[l.start as usize..r.end as usize]).copied()
     }
 
@@ -142,6 +156,7 @@ impl Bpe {
             let Some((_, l)) = best else { break };
             let l = l as usize;
             let r = syms[l].next as usize;
+            syms[l].id = Self::score_of(tok, text, &syms[l], &syms[r]).map_or(NONE, |x| x.1);
             syms[l].end = syms[r].end;
             syms[l].next = syms[r].next;
             let rn = syms[r].next;
@@ -187,6 +202,7 @@ impl Bpe {
                 continue;
             }
             syms[l].end = rs.end;
+            syms[l].id = top_id(tok, text, &ls, &rs);
             syms[r].end = syms[r].start; // empty
             syms[l].next = rs.next;
             if rs.next != NONE {
@@ -200,6 +216,35 @@ impl Bpe {
             }
         }
     }
+}
+
+#[inline]
+pub(crate) fn char_id(tok: &Tokenizer, c: &[u8]) -> u32 {
+    // Decode only canonical (valid) encodings: then the code point's one-character piece, if
+    // any, has exactly these bytes. Anything else takes the string lookup.
+    let cp = match *c {
+        [a] if a < 0x80 => u32::from(a),
+        [a, b] if a & 0xE0 == 0xC0 && b & 0xC0 == 0x80 && a >= 0xC2 => {
+            (u32::from(a & 0x1F) << 6) | u32::from(b & 0x3F)
+        }
+        [a, b, d] if a & 0xF0 == 0xE0 && b & 0xC0 == 0x80 && d & 0xC0 == 0x80 => {
+            let cp = (u32::from(a & 0x0F) << 12) | (u32::from(b & 0x3F) << 6) | u32::from(d & 0x3F);
+            if cp < 0x800 {
+                return tok.merge.get(c).map_or(NONE, |x| x.1);
+            }
+            cp
+        }
+        _ => return tok.merge.get(c).map_or(NONE, |x| x.1),
+    };
+    match tok.char_ids.get(cp as usize) {
+        Some(&id) if id != NONE => id,
+        _ => tok.merge.get(c).map_or(NONE, |x| x.1),
+    }
+}
+
+#[inline]
+fn top_id(tok: &Tokenizer, text: &[u8], l: &Sym, r: &Sym) -> u32 {
+    Bpe::score_of(tok, text, l, r).map_or(NONE, |x| x.1)
 }
 
 /// Resegments UNUSED pieces and classifies the symbol (notes §3.6).

@@ -12,6 +12,7 @@ pub mod megatron;
 pub mod shards;
 
 mod bpe;
+mod cache;
 mod fxhash;
 mod normalizer;
 mod prefix;

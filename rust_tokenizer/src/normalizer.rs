@@ -88,7 +88,14 @@ pub struct CharsMap {
     pool: Vec<u8>,
     /// For each byte: does the root have a child with that label? (no: nothing can match)
     root_child: Box<[bool; 256]>,
+    /// Per BMP code point: `BMP_PLAIN` (no key starts with it: it maps to itself), `BMP_SLOW`
+    /// (a key ends inside or at it: take the full walk), or `node + 2` (keys continue past it:
+    /// it maps to itself unless the next byte continues the walk from `node`).
+    bmp: Vec<u32>,
 }
+
+const BMP_PLAIN: u32 = 0;
+const BMP_SLOW: u32 = 1;
 
 #[inline]
 fn has_leaf(u: u32) -> bool {
@@ -145,7 +152,44 @@ impl CharsMap {
                 root_child[b] = label(u) == b as u32;
             }
         }
-        Ok(CharsMap { units, pool, root_child })
+        let mut cm = CharsMap { units, pool, root_child, bmp: Vec::new() };
+        cm.bmp = (0..0x10000u32).map(|cp| cm.classify(cp)).collect();
+        Ok(cm)
+    }
+
+    fn classify(&self, cp: u32) -> u32 {
+        let Some(c) = char::from_u32(cp) else { return BMP_SLOW };
+        let mut buf = [0u8; 4];
+        let bytes = c.encode_utf8(&mut buf).as_bytes();
+        let units = &self.units;
+        let mut pos = offset(units[0]);
+        for (i, &b) in bytes.iter().enumerate() {
+            pos ^= b as usize;
+            let Some(&u) = units.get(pos) else { return BMP_PLAIN };
+            if label(u) != u32::from(b) {
+                return BMP_PLAIN;
+            }
+            pos ^= offset(u);
+            if has_leaf(u) {
+                return BMP_SLOW;
+            }
+            if i + 1 == bytes.len() {
+                return match u32::try_from(pos) {
+                    Ok(p) if p < u32::MAX - 2 => p + 2,
+                    _ => BMP_SLOW,
+                };
+            }
+        }
+        BMP_SLOW
+    }
+
+    /// Whether byte `b` continues the walk from node `pos`.
+    #[inline]
+    fn continues(&self, pos: usize, b: u8) -> bool {
+        match self.units.get(pos ^ b as usize) {
+            Some(&u) => label(u) == u32::from(b),
+            None => false,
+        }
     }
 
     /// Longest match at the start of `s`: `(bytes consumed, replacement)`.
@@ -201,6 +245,54 @@ impl Normalizer {
         }
     }
 
+    /// Fast path: `Some(len)` if the character at the start of `s` normalizes to itself and is
+    /// neither a space nor the start of a user-defined piece (then `NormalizePrefix` would return
+    /// exactly these bytes). `None`: take the general path.
+    #[inline]
+    fn fast_char(&self, s: &[u8], ud: Option<&PrefixMatcher>) -> Option<usize> {
+        let b = s[0];
+        if let Some(m) = ud {
+            if m.may_start(b) {
+                return None;
+            }
+        }
+        let (cp, len) = if b < 0x80 {
+            if b == b' ' {
+                return None;
+            }
+            (u32::from(b), 1)
+        } else if b & 0xF0 == 0xE0 {
+            if s.len() < 3 || s[1] & 0xC0 != 0x80 || s[2] & 0xC0 != 0x80 {
+                return None;
+            }
+            let cp = (u32::from(b & 0x0F) << 12) | (u32::from(s[1] & 0x3F) << 6) | u32::from(s[2] & 0x3F);
+            if cp < 0x800 || (0xD800..=0xDFFF).contains(&cp) {
+                return None;
+            }
+            (cp, 3)
+        } else if b & 0xE0 == 0xC0 {
+            if s.len() < 2 || s[1] & 0xC0 != 0x80 {
+                return None;
+            }
+            let cp = (u32::from(b & 0x1F) << 6) | u32::from(s[1] & 0x3F);
+            if cp < 0x80 {
+                return None;
+            }
+            (cp, 2)
+        } else {
+            return None;
+        };
+        let Some(cm) = &self.charsmap else { return Some(len) };
+        match cm.bmp[cp as usize] {
+            BMP_PLAIN => Some(len),
+            BMP_SLOW => None,
+            node => match s.get(len) {
+                Some(&next) if cm.continues((node - 2) as usize, next) => None,
+                _ => Some(len),
+            },
+        }
+    }
+
     /// `NormalizePrefix` (§2.3): replacement and bytes consumed. `s` is non-empty.
     #[inline]
     fn prefix<'a>(&'a self, s: &'a [u8], ud: Option<&PrefixMatcher>) -> (&'a [u8], usize) {
@@ -253,6 +345,12 @@ impl Normalizer {
         let mut prev_space = rew;
         let escape = self.escape_whitespaces;
         while !input.is_empty() {
+            if let Some(len) = self.fast_char(input, ud) {
+                out.extend_from_slice(&input[..len]);
+                input = &input[len..];
+                prev_space = false;
+                continue;
+            }
             let (mut r, n) = self.prefix(input, ud);
             if prev_space {
                 while let [b' ', rest @ ..] = r {

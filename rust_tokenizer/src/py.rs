@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyList, PyString};
 
 use crate::error::Error;
 use crate::tokenizer::Tokenizer;
@@ -86,6 +86,10 @@ fn id_arg(tok: &Tokenizer, id: i64) -> PyResult<u32> {
     Ok(id as u32)
 }
 
+fn texts_len(blocks: &[crate::tokenizer::IdBlock]) -> usize {
+    blocks.iter().map(|b| b.ends.len()).sum()
+}
+
 fn opt_id(x: Option<u32>) -> i64 {
     x.map_or(-1, i64::from)
 }
@@ -95,6 +99,21 @@ fn opt_id(x: Option<u32>) -> i64 {
 struct PyTokenizer {
     inner: Arc<Tokenizer>,
     origin: String,
+    /// One Python int per id, shared by every returned list (no int allocation per id).
+    ints: Vec<Py<PyAny>>,
+}
+
+impl PyTokenizer {
+    fn new(py: Python<'_>, tok: Tokenizer, origin: String) -> PyResult<Self> {
+        let ints = (0..tok.vocab_size() as u64)
+            .map(|i| Ok(i.into_pyobject(py)?.into_any().unbind()))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PyTokenizer { inner: Arc::new(tok), origin, ints })
+    }
+
+    fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, ids.iter().map(|&i| self.ints[i as usize].bind(py).clone()))
+    }
 }
 
 #[pymethods]
@@ -104,7 +123,7 @@ impl PyTokenizer {
     fn from_file(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let origin = path.display().to_string();
         let tok = py.detach(|| guarded("from_file", || Tokenizer::from_file(&path)))??;
-        Ok(PyTokenizer { inner: Arc::new(tok), origin })
+        PyTokenizer::new(py, tok, origin)
     }
 
     /// Parses a serialized `ModelProto`; `origin` names it in errors.
@@ -112,21 +131,36 @@ impl PyTokenizer {
     #[pyo3(signature = (data, origin = "<bytes>".to_string()))]
     fn from_bytes(py: Python<'_>, data: PyBackedBytes, origin: String) -> PyResult<Self> {
         let tok = py.detach(|| guarded("from_bytes", || Tokenizer::from_bytes(&data, &origin)))??;
-        Ok(PyTokenizer { inner: Arc::new(tok), origin })
+        PyTokenizer::new(py, tok, origin)
     }
 
-    fn encode(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    fn encode<'py>(&self, py: Python<'py>, text: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let t = text_arg(text)?;
         let tok = &self.inner;
-        py.detach(|| guarded("encode", || tok.encode_bytes(t.as_ref())))
+        let ids = py.detach(|| guarded("encode", || tok.encode_bytes(t.as_ref())))?;
+        self.id_list(py, &ids)
     }
 
     #[pyo3(signature = (texts, num_threads = None))]
-    fn encode_batch(&self, py: Python<'_>, texts: Vec<Bound<'_, PyAny>>, num_threads: Option<i64>) -> PyResult<Vec<Vec<u32>>> {
+    fn encode_batch<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<Bound<'py, PyAny>>,
+        num_threads: Option<i64>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let ts = texts.iter().map(text_arg).collect::<PyResult<Vec<Text>>>()?;
+        drop(texts);
         let tok = &self.inner;
         let n = threads_arg(num_threads);
-        py.detach(|| guarded("encode_batch", || tok.encode_batch(&ts, n)))
+        let blocks = py.detach(|| guarded("encode_batch", || tok.encode_blocks(&ts, n)))?;
+        drop(ts);
+        let mut lists = Vec::with_capacity(texts_len(&blocks));
+        for b in &blocks {
+            for ids in b.iter() {
+                lists.push(self.id_list(py, ids)?);
+            }
+        }
+        PyList::new(py, lists)
     }
 
     /// All ids concatenated (little-endian u32 bytes) and `len(texts) + 1` offsets

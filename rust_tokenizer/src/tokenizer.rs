@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rayon::prelude::*;
 
 use crate::bpe::{Bpe, Tok};
+use crate::cache::ChunkCache;
 use crate::error::{Error, Result};
 use crate::fxhash::{FxMap, FxSet};
 use crate::normalizer::{lead_len, push_bytes_lossy, CharsMap, Normalizer, WS};
@@ -27,8 +28,6 @@ use crate::proto::{parse_model, NormalizerProto, PieceType};
 const MAX_PIECE_BYTES: usize = 8000;
 /// Chunks longer than this are encoded without the cache (they rarely repeat).
 const MAX_CACHED_CHUNK: usize = 128;
-/// The per-thread chunk cache is cleared when it holds this many entries.
-const MAX_CACHE_ENTRIES: usize = 1 << 18;
 
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
@@ -39,16 +38,16 @@ pub(crate) struct Piece {
     pub kind: PieceType,
 }
 
-/// Where the normalized string may be cut without changing the BPE result (notes §4). A cut
-/// between adjacent characters `x y` is safe when no mergeable piece contains `x y` next to each
-/// other; we use two cheap families of such cuts, keyed on the whitespace symbol `w`:
-/// before `w` when `x` is not in `before_deny`, after `w` when `y` is not in `after_deny`.
-/// Frozen user-defined symbols are always cut around (they never merge).
+/// Where the normalized string may be cut without changing the BPE result (notes §4). Every
+/// merged symbol is a mergeable piece, so a cut between adjacent characters `x y` is exact when no
+/// mergeable piece (NORMAL, USER_DEFINED, UNUSED) contains `x y` next to each other. `adjacent`
+/// holds every such pair (packed characters), computed at load time; the chunker cuts wherever
+/// the pair is absent. This contains the notes' "cut before ▁" rules as special cases (for
+/// Baichuan-7B no piece has `x▁`; for Llama only `▁▁`; for InternLM also `\t▁`, `\n▁`) and also
+/// cuts inside CJK runs. Frozen user-defined symbols are always cut around (they never merge).
 #[derive(Debug, Clone)]
 pub(crate) struct ChunkRule {
-    w: u32,
-    before_deny: FxSet<u32>,
-    after_deny: FxSet<u32>,
+    adjacent: FxSet<u64>,
 }
 
 #[inline]
@@ -65,6 +64,11 @@ pub struct Tokenizer {
     map: FxMap<Box<[u8]>, u32>,
     /// Mergeable pieces (NORMAL, USER_DEFINED, UNUSED): string to (score order key, id).
     pub(crate) merge: FxMap<Box<[u8]>, (i32, u32)>,
+    /// Mergeable pairs by id: `(left id << 32) | right id` to (score key, merged id), for every
+    /// mergeable piece that splits into two mergeable pieces.
+    pub(crate) pairs: FxMap<u64, (i32, u32)>,
+    /// BMP code point to the id of its one-character mergeable piece, or `u32::MAX`.
+    pub(crate) char_ids: Vec<u32>,
     pub(crate) ud: Option<PrefixMatcher>,
     normalizer: Normalizer,
     denormalizer: Option<Normalizer>,
@@ -82,14 +86,31 @@ pub struct Tokenizer {
     chunk: Option<ChunkRule>,
 }
 
+/// The ids of consecutive texts in one buffer: text `i` of the block is `ids[ends[i-1]..ends[i]]`.
+#[derive(Debug, Clone, Default)]
+pub struct IdBlock {
+    pub ids: Vec<u32>,
+    pub ends: Vec<usize>,
+}
+
+impl IdBlock {
+    /// The id slices of the block's texts, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u32]> + '_ {
+        self.ends.iter().scan(0usize, move |start, &end| {
+            let s = &self.ids[*start..end];
+            *start = end;
+            Some(s)
+        })
+    }
+}
+
 /// One encode's reusable buffers plus the chunk cache, kept per thread.
 #[derive(Default)]
 struct Scratch {
     norm: Vec<u8>,
     bpe: Bpe,
     toks: Vec<Tok>,
-    cache_owner: u64,
-    cache: FxMap<Box<[u8]>, Box<[u32]>>,
+    cache: ChunkCache,
 }
 
 thread_local! {
@@ -272,33 +293,44 @@ impl Tokenizer {
         };
 
         let chunk = if has_unused {
+            // UNUSED pieces share one resegmentation table across the whole input (§3.6).
             None
         } else {
-            let w = pack_char(normalizer.ws());
-            let wlen = normalizer.ws().len();
-            let mut before_deny = FxSet::default();
-            let mut after_deny = FxSet::default();
+            let mut adjacent = FxSet::default();
             for t in merge.keys() {
-                let mut chars: Vec<&[u8]> = Vec::new();
+                let mut prev: Option<u32> = None;
                 let mut i = 0;
                 while i < t.len() {
                     let n = lead_len(t[i], t.len() - i);
-                    chars.push(&t[i..i + n]);
+                    let c = pack_char(&t[i..i + n]);
+                    if let Some(p) = prev {
+                        adjacent.insert((u64::from(p) << 32) | u64::from(c));
+                    }
+                    prev = Some(c);
                     i += n;
                 }
-                for k in 0..chars.len() {
-                    if chars[k].len() == wlen && pack_char(chars[k]) == w {
-                        if k > 0 {
-                            before_deny.insert(pack_char(chars[k - 1]));
-                        }
-                        if k + 1 < chars.len() {
-                            after_deny.insert(pack_char(chars[k + 1]));
-                        }
+            }
+            Some(ChunkRule { adjacent })
+        };
+        let mut pairs: FxMap<u64, (i32, u32)> = FxMap::default();
+        for (t, &(score, id)) in merge.iter() {
+            for k in 1..t.len() {
+                if let (Some(&(_, l)), Some(&(_, r))) = (merge.get(&t[..k]), merge.get(&t[k..])) {
+                    pairs.insert((u64::from(l) << 32) | u64::from(r), (score, id));
+                }
+            }
+        }
+        let mut char_ids = vec![u32::MAX; 0x10000];
+        for (t, &(_, id)) in merge.iter() {
+            if let Ok(s) = std::str::from_utf8(t) {
+                let mut it = s.chars();
+                if let (Some(c), None) = (it.next(), it.next()) {
+                    if (c as u32) < 0x10000 {
+                        char_ids[c as usize] = id;
                     }
                 }
             }
-            Some(ChunkRule { w, before_deny, after_deny })
-        };
+        }
         let unk_surface = m.trainer.unk_surface.clone();
         let _ = &mut pieces;
         Ok(Tokenizer {
@@ -306,6 +338,8 @@ impl Tokenizer {
             pieces,
             map,
             merge,
+            pairs,
+            char_ids,
             ud,
             normalizer,
             denormalizer,
@@ -348,8 +382,11 @@ impl Tokenizer {
     /// Encodes many texts in parallel; the result equals per-text [`Tokenizer::encode_bytes`].
     /// `num_threads`: `None` = all cores (rayon's global pool), `Some(0)` is treated as 1.
     pub fn encode_batch<T: AsRef<[u8]> + Sync>(&self, texts: &[T], num_threads: Option<usize>) -> Vec<Vec<u32>> {
-        let run = || texts.par_iter().with_min_len(1).map(|t| self.encode_bytes(t.as_ref())).collect();
-        self.in_pool(num_threads, run)
+        let mut out = Vec::with_capacity(texts.len());
+        for b in self.encode_blocks(texts, num_threads) {
+            out.extend(b.iter().map(<[u32]>::to_vec));
+        }
+        out
     }
 
     /// Like [`Tokenizer::encode_batch`] but returns all ids concatenated plus `len + 1` offsets.
@@ -358,16 +395,43 @@ impl Tokenizer {
         texts: &[T],
         num_threads: Option<usize>,
     ) -> (Vec<u32>, Vec<u64>) {
-        let per = self.encode_batch(texts, num_threads);
-        let total: usize = per.iter().map(Vec::len).sum();
+        let blocks = self.encode_blocks(texts, num_threads);
+        let total: usize = blocks.iter().map(|b| b.ids.len()).sum();
         let mut ids = Vec::with_capacity(total);
-        let mut offsets = Vec::with_capacity(per.len() + 1);
+        let mut offsets = Vec::with_capacity(texts.len() + 1);
         offsets.push(0u64);
-        for v in per {
-            ids.extend_from_slice(&v);
-            offsets.push(ids.len() as u64);
+        for b in &blocks {
+            for t in b.iter() {
+                ids.extend_from_slice(t);
+                offsets.push(ids.len() as u64);
+            }
         }
         (ids, offsets)
+    }
+
+    /// Encodes `texts` in parallel in blocks of consecutive texts, each block's ids in one
+    /// buffer (no allocation per text). Blocks come back in order.
+    pub fn encode_blocks<T: AsRef<[u8]> + Sync>(&self, texts: &[T], num_threads: Option<usize>) -> Vec<IdBlock> {
+        if texts.is_empty() {
+            return Vec::new();
+        }
+        let run = || {
+            let threads = rayon::current_num_threads().max(1);
+            let block = (texts.len() / (threads * 16)).clamp(1, 256);
+            texts
+                .par_chunks(block)
+                .map(|chunk| {
+                    let bytes: usize = chunk.iter().map(|t| t.as_ref().len()).sum();
+                    let mut b = IdBlock { ids: Vec::with_capacity(bytes / 3 + 8), ends: Vec::with_capacity(chunk.len()) };
+                    for t in chunk {
+                        self.encode_into(t.as_ref(), &mut b.ids);
+                        b.ends.push(b.ids.len());
+                    }
+                    b
+                })
+                .collect::<Vec<IdBlock>>()
+        };
+        self.in_pool(num_threads, run)
     }
 
     fn in_pool<R: Send>(&self, num_threads: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
@@ -477,10 +541,7 @@ impl Tokenizer {
             }
             let clen = lead_len(b, n - pos);
             let c = pack_char(&norm[pos..pos + clen]);
-            if pos > start
-                && ((c == rule.w && !rule.before_deny.contains(&prev_char))
-                    || (prev_char == rule.w && !rule.after_deny.contains(&c)))
-            {
+            if pos > start && !rule.adjacent.contains(&((u64::from(prev_char) << 32) | u64::from(c))) {
                 f(&norm[start..pos], None);
                 start = pos;
             }
@@ -493,10 +554,7 @@ impl Tokenizer {
     }
 
     fn encode_with(&self, text: &[u8], s: &mut Scratch, out: &mut Vec<u32>) {
-        if s.cache_owner != self.uid {
-            s.cache.clear();
-            s.cache_owner = self.uid;
-        }
+        s.cache.claim(self.uid);
         let base = out.len();
         let mut norm = std::mem::take(&mut s.norm);
         self.normalizer.normalize(text, self.ud.as_ref(), &mut norm);
@@ -509,6 +567,18 @@ impl Tokenizer {
                 return;
             }
             let start = out.len();
+            if cache_ok && lead_len(chunk[0], chunk.len()) == chunk.len() {
+                // One character: its own piece, or unknown.
+                let id = crate::bpe::char_id(self, chunk);
+                if id != crate::bpe::NONE {
+                    out.push(id);
+                } else if self.byte_fallback {
+                    out.extend(chunk.iter().map(|&c| self.byte_ids[c as usize]));
+                } else if out.len() == base || out.last() != Some(&unk) {
+                    out.push(unk);
+                }
+                return;
+            }
             if cache_ok && chunk.len() <= MAX_CACHED_CHUNK {
                 if let Some(ids) = s.cache.get(chunk) {
                     let skip = usize::from(fuse && out.len() > base && ids.first() == Some(&unk) && out.last() == Some(&unk));
@@ -539,10 +609,7 @@ impl Tokenizer {
                 }
             }
             if cache_ok && chunk.len() <= MAX_CACHED_CHUNK {
-                if s.cache.len() >= MAX_CACHE_ENTRIES {
-                    s.cache.clear();
-                }
-                s.cache.insert(chunk.into(), out[start..].into());
+                s.cache.insert(chunk, &out[start..]);
             }
             if fuse && start > base && out.len() > start && out[start] == unk && out[start - 1] == unk {
                 out.remove(start);
