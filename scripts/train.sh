@@ -8,18 +8,20 @@
 # python3) may be set in the environment; extra DeepSpeed launcher flags go in DS_LAUNCH_ARGS
 # (e.g. DS_LAUNCH_ARGS="--force_multi" for pdsh across hosts, or "--include localhost:0,1").
 set -euo pipefail
-cd "$(dirname "$0")/.."
-HOSTFILE="${HOSTFILE:-config/hostfile}"
-DS_CONFIG="${DS_CONFIG:-config/deepspeed.json}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"   # paths in "$@" stay relative to the caller's directory
+HOSTFILE="${HOSTFILE:-$ROOT/config/hostfile}"
+DS_CONFIG="${DS_CONFIG:-$ROOT/config/deepspeed.json}"
 PYTHON="${PYTHON:-python3}"
 # Fail early, with the file named, instead of DeepSpeed's "will proceed with local resources only".
-"$PYTHON" -c 'import sys; from baichuan.launch import parse_hostfile, LaunchError
+LOCAL_ARGS="$("$PYTHON" -c 'import sys; from baichuan.launch import parse_hostfile, local_only_args, LaunchError
 try:
     hosts = parse_hostfile(sys.argv[1])
 except LaunchError as e:
     sys.exit(f"train.sh: error: {e}")
-print(f"train.sh: {len(hosts)} host(s), {sum(hosts.values())} slot(s) from {sys.argv[1]}", file=sys.stderr)' "$HOSTFILE"
+print(f"train.sh: {len(hosts)} host(s), {sum(hosts.values())} slot(s) from {sys.argv[1]}", file=sys.stderr)
+print(" ".join(local_only_args(hosts)))' "$HOSTFILE")"
 # The launcher is run with $PYTHON so every rank uses the interpreter that has this package.
+# A hostfile naming only this machine needs no ssh (LOCAL_ARGS: --no_ssh_check --master_addr 127.0.0.1).
 # shellcheck disable=SC2086
-exec "$PYTHON" -m deepspeed.launcher.runner --hostfile "$HOSTFILE" ${DS_LAUNCH_ARGS:-} --no_local_rank \
+exec "$PYTHON" -m deepspeed.launcher.runner --hostfile "$HOSTFILE" $LOCAL_ARGS ${DS_LAUNCH_ARGS:-} --no_local_rank \
     --module baichuan.cli train --deepspeed_config "$DS_CONFIG" "$@"

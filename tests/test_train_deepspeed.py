@@ -135,7 +135,7 @@ def test_exact_resume_after_kill_shards(corpus: dict[str, Path], shard_run: Path
 
 
 def test_exact_resume_after_kill_text_dir(corpus: dict[str, Path]) -> None:
-    steps = 14
+    steps = 12
     ref = corpus["root"] / "run-text"
     r = run(train_args(corpus["text"], ref, steps))
     assert r.returncode == 0
@@ -181,5 +181,25 @@ def test_zero3_with_accumulation_and_activation_checkpointing(corpus: dict[str, 
 
     model = load_model(out / "checkpoints" / "step-3" / "model")
     w = model.model.layers[0].mlp.gate_proj.weight
-    assert w.shape == (176, 64) and 0.01 < float(w.std()) < 0.05  # initialised (std 0.02), not empty
+    assert w.shape == (176, 64) and 0.01 < float(w.detach().std()) < 0.05  # initialised (std 0.02), not empty
     assert float(model.model.norm.weight.mean()) > 0.5
+
+
+def test_train_sh_launches_from_a_hostfile(corpus: dict[str, Path], tmp_path: Path) -> None:
+    """scripts/train.sh: upstream's `deepspeed --hostfile ... --deepspeed_config config/deepspeed.json`."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# two CPU ranks on this machine\nlocalhost slots=2\n")
+    out = tmp_path / "run"
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        ["bash", str(repo / "scripts" / "train.sh"), "--data", str(corpus["shards"]), "--tokenizer", str(SPM),
+         "--output-dir", str(out), "--model", "tiny", "--max-length", "32", "--micro-batch-size", "1",
+         "--steps", "2", "--precision", "fp32", "--no-progress"],
+        env={**os.environ, "HOSTFILE": str(hostfile), "PYTHON": sys.executable},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 host(s), 2 slot(s)" in r.stderr and "2 rank(s) on cpu" in r.stderr
+    ds = json.loads((out / "run.json").read_text())["deepspeed_config"]
+    assert ds["optimizer"]["params"]["betas"] == [0.9, 0.95] and ds["zero_optimization"]["stage"] == 2
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-2"

@@ -53,6 +53,17 @@ def parse_hostfile(path: str | os.PathLike[str]) -> dict[str, int]:
     return hosts
 
 
+LOCAL_HOSTS = ("localhost", "127.0.0.1")
+
+
+def local_only_args(hosts: dict[str, int]) -> list[str]:
+    """Launcher flags for a hostfile that names only this machine: DeepSpeed would otherwise
+    insist on passwordless ssh to ``localhost`` and ask it for its address."""
+    if set(hosts) <= set(LOCAL_HOSTS):
+        return ["--no_ssh_check", "--master_addr", "127.0.0.1"]
+    return []
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -68,8 +79,7 @@ def deepspeed_command(
     # The runner starts ranks with its own interpreter: run it with ours (a venv's python finds this package).
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner"]
     if hostfile is not None:
-        parse_hostfile(hostfile)
-        cmd += ["--hostfile", str(hostfile)]
+        cmd += ["--hostfile", str(hostfile), *local_only_args(parse_hostfile(hostfile))]
         if num_procs is not None:
             cmd += ["--num_gpus", str(num_procs)]
     else:

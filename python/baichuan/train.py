@@ -94,6 +94,18 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     return tag
 
 
+def latest_model_dir(output_dir: str | os.PathLike[str]) -> Path:
+    """The native model folder of a run's newest complete checkpoint (for generate/export-hf)."""
+    ckpt = Path(output_dir) / "checkpoints"
+    tag = latest_tag(ckpt)
+    if tag is None:
+        raise TrainingError(f"{output_dir}: no checkpoint yet ({ckpt / 'latest'} is missing)")
+    model = ckpt / tag / "model"
+    if not (model / "config.json").is_file():
+        raise TrainingError(f"{ckpt / tag}: the native model folder is missing")
+    return model
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -175,6 +175,8 @@ def build_deepspeed_config(cfg: TrainConfig, *, cpu: bool) -> dict[str, Any]:
         params["weight_decay"] = cfg.weight_decay
     if cpu:
         params["torch_adam"] = True  # DeepSpeed's fused Adam is a CUDA kernel
+    elif params.get("torch_adam") and "fused" not in params and "foreach" not in params:
+        params["fused"] = True  # torch's fused AdamW kernel: no nvcc build, one launch per step
     if cfg.grad_clip is not None:
         ds["gradient_clipping"] = cfg.grad_clip
     sched = ds.get("scheduler")
