@@ -506,6 +506,40 @@ impl Tokenizer {
         out
     }
 
+    /// Reference path for tests and fuzzing: SentencePiece's algorithm literally, one BPE run over
+    /// the whole normalized string (user-defined pieces frozen inside it), no chunking, no cache.
+    /// [`Tokenizer::encode_bytes`] must always equal this.
+    #[doc(hidden)]
+    pub fn encode_whole(&self, text: &[u8]) -> Vec<u32> {
+        let norm = self.normalize(text);
+        if norm.is_empty() {
+            return Vec::new();
+        }
+        let mut bpe = Bpe::default();
+        let mut toks = Vec::new();
+        bpe.run(self, &norm, true, &mut toks);
+        let unk = self.unk.unwrap_or(u32::MAX);
+        let mut out = Vec::new();
+        let mut prev_unk = false;
+        for t in toks {
+            match t {
+                Tok::Id(id) => {
+                    out.push(id);
+                    prev_unk = false;
+                }
+                Tok::Unk(a, b) => {
+                    if self.byte_fallback {
+                        out.extend(norm[a as usize..b as usize].iter().map(|&c| self.byte_ids[c as usize]));
+                    } else if !prev_unk {
+                        out.push(unk);
+                        prev_unk = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Calls `f(chunk, frozen_id)` for each chunk of the normalized string in order: frozen
     /// user-defined symbols come with their id; other chunks are BPE'd independently. Without a
     /// chunk rule the whole string is one chunk (with its user-defined symbols inside).
