@@ -27,7 +27,6 @@ from baichuan.evaluation.data import (
 from baichuan.evaluation.subjects import (
     AGIEVAL_CHINESE_QA,
     AGIEVAL_DEFAULT,
-    AGIEVAL_ENGLISH_QA,
     AGIEVAL_FIVE_OPTION,
     CEVAL_SUBJECTS,
     CMMLU_SUBJECTS,
@@ -119,7 +118,7 @@ class CEval(Benchmark):
     """Baichuan-7B ``evaluate_zh.py``: header, then examples joined by newlines."""
 
     name = "ceval"
-    splits = ("val", "test", "dev")
+    splits = ("val", "test")
     default_split = "val"
 
     def subjects(self, data_dir: Path, split: str) -> list[str]:
@@ -158,7 +157,7 @@ class MMLU(Benchmark):
     """Baichuan-7B ``evaluate_mmlu.py`` (= hendrycks/test ``evaluate.py``)."""
 
     name = "mmlu"
-    splits = ("test", "val", "dev")
+    splits = ("test", "val")
     default_split = "test"
 
     def subjects(self, data_dir: Path, split: str) -> list[str]:
@@ -195,7 +194,7 @@ class CMMLU(Benchmark):
     """haonan-li/CMMLU ``src/mp_utils.py`` (non-CoT): ``题目：`` examples, ``答案是：`` stem."""
 
     name = "cmmlu"
-    splits = ("test", "dev")
+    splits = ("test",)
     default_split = "test"
     budget_rule = True
 

@@ -158,7 +158,7 @@ def plot(result: EvalResult, path: Path) -> None:
     ax1.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax1.set_ylabel("accuracy (%)")
     ax1.set_ylim(0, 100)
-    chance = 100 / 4
+    chance = 100 / max(1, max((len(it.question.choices) for r in subs for it in r.items), default=4))
     ax1.axhline(chance, color="grey", linestyle="--", linewidth=1)
     ax1.set_title(f"{result.task} {result.split}, {result.shot}-shot: {result.model_name}")
     order = sorted(subs, key=lambda r: r.accuracy)

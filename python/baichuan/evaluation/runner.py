@@ -155,9 +155,7 @@ def score_subject(
     for i, it in enumerate(items):
         groups.setdefault(it.n_shots, []).append(i)
     for _, idx in sorted(groups.items(), reverse=True):
-        logits[idx] = scorer.score([items[i].ids for i in idx])
-        if on_batch is not None:
-            on_batch(len(idx))
+        logits[idx] = scorer.score([items[i].ids for i in idx], on_batch=on_batch)
     probs = np.zeros_like(logits)
     preds = []
     for i, it in enumerate(items):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +137,9 @@ class LetterScorer:
         self._cache_kw = _cache_keyword(model)
 
     @torch.inference_mode()
-    def score(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+    def score(
+        self, seqs: Sequence[Sequence[int]], on_batch: Callable[[int], None] | None = None
+    ) -> np.ndarray:
         """Candidate-letter logits (float32, shape ``(len(seqs), n_candidates)``) for prompts that
         should share a prefix (one subject with one set of shots)."""
         out = np.zeros((len(seqs), len(self.candidate_ids)), dtype=np.float32)
@@ -177,6 +179,8 @@ class LetterScorer:
             self.stats.forwards += 1
             self.stats.suffix_tokens += sum(len(s) for s in suffixes)
             self.stats.padded_tokens += len(rows) * width
+            if on_batch is not None:
+                on_batch(len(rows))
         self.stats.prompts += len(seqs)
         return out
 
