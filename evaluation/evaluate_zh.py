@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_path", type=str, required=True, help="benchmark folder")
     parser.add_argument("--task", type=str, default="ceval", choices=["ceval", "cmmlu", "gaokao", "agieval"])
     parser.add_argument("--shot", type=int, default=5)
-    parser.add_argument("--split", type=str, default=None, help="val|test (upstream default: test)")
+    parser.add_argument("--split", type=str, default="test",
+                        help="val|test (default test, as upstream: predictions for submission, no accuracy)")
     parser.add_argument("--show_detail", action="store_true", help="print each subject's first prompt")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--save_dir", type=str, default="results")

@@ -226,6 +226,7 @@ def test_cmmlu_without_index_column(tmp_path: Path) -> None:
         ("question,A,B,C,D,answer\nq1,a,b,c,d,A\nq2,a,b,c,A\n", "line 3: expected 6 fields"),
         ("question,A,B,C,D,answer\nq1,a,b,c,d,A\nq2,a,b,c,d,E\n", "line 3: answer 'E'"),
         ('question,A,B,C,D,answer\n"q1\nspans, lines",a,b,c,d,A\nq2,a,b,c,d,7\n', "line 4: answer '7'"),
+        ('question,A,B,C,D,answer\nq1,a,b,c,d,A\n"q2 never closed,a,b,c,d,B\n', "line 3: malformed CSV"),
     ],
 )
 def test_malformed_mmlu_names_file_and_row(tmp_path: Path, content: str, needle: str) -> None:

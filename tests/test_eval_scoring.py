@@ -137,6 +137,17 @@ def test_transformers_llama_cache_path(tokenizer: Tokenizer) -> None:
     assert preds == ["ABCD"[int(i)] for i in ref.argmax(axis=1)]
 
 
+def test_bos_is_part_of_the_shared_prefix(model: BaichuanForCausalLM, tokenizer: Tokenizer) -> None:
+    bench = get_benchmark("mmlu")
+    data = bench.load(resolve_data_dir("mmlu", DATA), "anatomy", "test")
+    items = build_prompts(bench, data, 5, Encoder(tokenizer, add_bos=True), 2048, data.questions[:6])
+    assert all(it.ids[0] == tokenizer.bos_id and it.ids[1:] == tokenizer.encode(it.text) for it in items)
+    cand = candidate_ids(tokenizer, "ABCD")
+    _, probs, preds = score_subject(LetterScorer(model, cand, batch_size=4), items, "ABCD")
+    ref = reference(model, [it.ids for it in items], cand, 4)
+    np.testing.assert_allclose(probs, ref, atol=2e-5, rtol=1e-4)
+
+
 def test_deterministic(model: BaichuanForCausalLM, tokenizer: Tokenizer) -> None:
     bench = get_benchmark("ceval")
     data = bench.load(resolve_data_dir("ceval", DATA), "logic", "val")
