@@ -118,6 +118,60 @@ def test_transformers_tokenizer_wraps_ours(exported, spm_path):
     assert batch["input_ids"].shape[0] == 2
 
 
+def test_transformers_batched_generate_and_save_pretrained(exported, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, out = exported
+    hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    tok.padding_side = "left"
+    texts = ["今天天气很好，我们去", "Hello"]
+    with torch.no_grad():
+        batched = hf.generate(**tok(texts, return_tensors="pt", padding=True), max_new_tokens=8, do_sample=False)
+    for i, text in enumerate(texts):
+        ours = list(generate_ids(model, tok(text)["input_ids"], GenerationConfig(max_new_tokens=8), eos_id=2))
+        assert batched[i, -8:].tolist() == ours
+    hf.save_pretrained(tmp_path / "resaved")
+    tok.save_pretrained(tmp_path / "resaved")
+    again = load_pretrained(tmp_path / "resaved")
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        assert torch.allclose(again(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-6)
+    tok2 = AutoTokenizer.from_pretrained(tmp_path / "resaved", trust_remote_code=True)
+    assert tok2(texts[0])["input_ids"] == tok(texts[0])["input_ids"]
+
+
+def test_transformers_activation_checkpointing(exported):
+    from transformers import AutoModelForCausalLM
+
+    _, out = exported
+    ids = torch.randint(3, 64000, (2, 12), generator=torch.Generator().manual_seed(1))
+    grads = []
+    for checkpointing in (False, True):
+        hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32)
+        if checkpointing:
+            enable = getattr(hf, "activation_checkpointing_enable", None) or hf.gradient_checkpointing_enable
+            enable()
+            assert hf.model.gradient_checkpointing
+        hf.train()
+        hf(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        grads.append(hf.model.layers[0].self_attn.W_pack.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_tied_embeddings_export(tmp_path, spm_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny(7, tie_word_embeddings=True)
+    save_model(model, tmp_path / "tied")
+    out = export_hf(tmp_path / "tied", tmp_path / "hf", tokenizer=spm_path)
+    hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
+    assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-6)
+
+
 def test_reimport_export_and_export_again(exported, tmp_path, spm_path):
     model, out = exported
     again = load_pretrained(out)

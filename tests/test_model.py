@@ -295,3 +295,38 @@ def test_tied_embeddings_save_load(tmp_path):
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+ZERO3_INIT = """
+import os, sys, torch
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29471", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+import deepspeed
+from baichuan.config import ModelConfig
+from baichuan.model import BaichuanForCausalLM
+deepspeed.init_distributed("gloo")
+cfg = ModelConfig.preset("tiny", vocab_size=300)
+torch.manual_seed(0)
+plain = BaichuanForCausalLM(cfg)
+torch.manual_seed(0)
+ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
+with deepspeed.zero.Init(config_dict_or_path=ds):
+    model = BaichuanForCausalLM(cfg)
+params = list(model.parameters())
+assert all(hasattr(p, "ds_id") for p in params)
+with deepspeed.zero.GatheredParameters(params):
+    for (n, a), b in zip(plain.named_parameters(), model.parameters()):
+        assert torch.equal(a, b), n
+print("same init")
+"""
+
+
+def test_init_under_zero3_equals_plain_init(tmp_path):
+    """Parameters partitioned by deepspeed.zero.Init get the same initialisation as without it."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    script = tmp_path / "z3.py"
+    script.write_text(ZERO3_INIT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "same init" in proc.stdout, proc.stderr[-3000:]

@@ -307,6 +307,18 @@ class BaichuanModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
+@torch.no_grad()
+def _init_module(module: nn.Module, std: float) -> None:
+    if isinstance(module, nn.Linear):
+        module.weight.normal_(0.0, std)
+    elif isinstance(module, nn.Embedding):
+        module.weight.normal_(0.0, std)
+        if module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+    elif isinstance(module, RMSNorm):
+        module.weight.fill_(1.0)
+
+
 def _build_mask(
     attention_mask: torch.Tensor | None, T: int, past_len: int, device: torch.device
 ) -> AttnMask:
@@ -343,17 +355,24 @@ class BaichuanForCausalLM(nn.Module):
     # -------------------------------------------------------------- set-up
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Normal(0, initializer_range) for linear and embedding weights (pad row zero), ones for norms."""
+        """Normal(0, initializer_range) for linear and embedding weights (pad row zero), ones for norms.
+
+        Under DeepSpeed ZeRO-3 (``deepspeed.zero.Init``) parameters are already partitioned when
+        this runs: each module's parameters are then gathered, initialised on rank 0 and
+        re-partitioned (the same values as without ZeRO for the same seed on rank 0)."""
         std = self.config.initializer_range
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.normal_(0.0, std)
-            elif isinstance(module, nn.Embedding):
-                module.weight.normal_(0.0, std)
-                if module.padding_idx is not None:
-                    module.weight[module.padding_idx].zero_()
-            elif isinstance(module, RMSNorm):
-                module.weight.fill_(1.0)
+            params = list(module.parameters(recurse=False))
+            if not params:
+                continue
+            if hasattr(params[0], "ds_id"):  # a ZeRO-3 partitioned parameter
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+                    if torch.distributed.get_rank() == 0:
+                        _init_module(module, std)
+            else:
+                _init_module(module, std)
 
     def attn_backend_for(self, device: torch.device) -> str:
         """The kernel used on ``device`` (resolved once per device type; may raise, see module doc)."""
@@ -410,8 +429,6 @@ class BaichuanForCausalLM(nn.Module):
             raise ValueError(
                 f"past_key_values has {len(past_key_values)} layers, the model {self.config.num_hidden_layers}"
             )
-        if past_len + T > self.config.max_position_embeddings:
-            logger.debug("sequence length %d exceeds max_position_embeddings", past_len + T)
         if attention_mask is not None and tuple(attention_mask.shape) != (B, past_len + T):
             raise ValueError(
                 f"attention_mask must be (batch, past + seq) = ({B}, {past_len + T}) covering cached "

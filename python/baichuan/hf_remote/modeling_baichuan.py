@@ -124,7 +124,7 @@ def _build_mask(attention_mask, T, past_len, device):
 class BaiChuanPreTrainedModel(PreTrainedModel):
     config_class = BaiChuanConfig
     base_model_prefix = "model"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["DecoderLayer"]
     _supports_sdpa = True
 
@@ -147,6 +147,7 @@ class BaiChuanModel(BaiChuanPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -172,8 +173,12 @@ class BaiChuanModel(BaiChuanPreTrainedModel):
         mask = _build_mask(attention_mask, T, past_len, h.device)
         cos, sin = _rotary(position_ids.to(h.device), self.config.hidden_size // self.config.num_attention_heads,
                            self.config.rope_theta, h.dtype)
+        checkpointing = self.gradient_checkpointing and self.training and cache is None
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, cache)
+            if checkpointing:
+                h = self._gradient_checkpointing_func(layer.__call__, h, cos, sin, mask, None)
+            else:
+                h = layer(h, cos, sin, mask, cache)
         return self.norm(h), cache
 
 
