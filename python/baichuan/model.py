@@ -307,6 +307,15 @@ class BaichuanModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
+def _zero3_partitioned(params: list[nn.Parameter]) -> bool:
+    """True for ZeRO-3 parameters whose data is currently partitioned away (not gathered)."""
+    if not hasattr(params[0], "ds_id"):
+        return False
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    return any(p.ds_status == ZeroParamStatus.NOT_AVAILABLE for p in params)
+
+
 @torch.no_grad()
 def _init_module(module: nn.Module, std: float) -> None:
     if isinstance(module, nn.Linear):
@@ -365,13 +374,13 @@ class BaichuanForCausalLM(nn.Module):
             params = list(module.parameters(recurse=False))
             if not params:
                 continue
-            if hasattr(params[0], "ds_id"):  # a ZeRO-3 partitioned parameter
+            if _zero3_partitioned(params):
                 import deepspeed
 
                 with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
                     if torch.distributed.get_rank() == 0:
                         _init_module(module, std)
-            else:
+            else:  # plain, or ZeRO-3 parameters the caller has already gathered
                 _init_module(module, std)
 
     def attn_backend_for(self, device: torch.device) -> str:
