@@ -251,3 +251,30 @@ def test_malformed_ceval_and_json(tmp_path: Path) -> None:
                    encoding="utf-8")
     with pytest.raises(EvalDataError, match=r"logiqa-zh\.jsonl: line 2: invalid JSON"):
         get_benchmark("agieval").load(tmp_path, "logiqa-zh", "test")
+
+
+def test_agieval_official_demos_file(tmp_path: Path) -> None:
+    """With AGIEval's ``few_shot_prompts.csv`` beside ``v1/`` (its repository layout), its demos are
+    used (records 1, 3, 5, ... hold Python dict literals; the others explanations) and every item
+    is scored. The file here is written in that layout from three made-up demos."""
+    (tmp_path / "v1").mkdir()
+    src = DATA / "agieval" / "v1" / "logiqa-zh.jsonl"
+    (tmp_path / "v1" / "logiqa-zh.jsonl").symlink_to(src)
+    demos = [{"passage": f"材料{i}", "question": f"问题{i}？", "options": ["(A)甲", "(B)乙", "(C)丙", "(D)丁"],
+              "label": "ABCD"[i], "answer": None, "other": None} for i in range(3)]
+    with open(tmp_path / "few_shot_prompts.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["", "lsat-ar", "logiqa-zh"])
+        for i, d in enumerate(demos):
+            w.writerow([f"sample {i + 1}", "{'passage': None}", repr(d)])
+            w.writerow([f"explanation {i + 1}", "", f"解析{i}"])
+    bench = get_benchmark("agieval")
+    data = bench.load(resolve_data_dir("agieval", tmp_path), "logiqa-zh", "test")
+    items = [json.loads(x) for x in open(src, encoding="utf-8")]
+    assert len(data.questions) == len(items) and len(data.shots) == 3
+    shots = "".join(f"问题 {i + 1}.   {d['passage']} {d['question']}\n从以下选项中选择:    "
+                    + " ".join(d["options"]) + f"\n答案是 {d['label']}\n\n" for i, d in enumerate(demos))
+    q = items[0]
+    expected = ("以下是考试中各个问题的答案。\n" + shots + f"问题 4.   {q['passage']} {q['question']}\n"
+                "从以下选项中选择:    " + " ".join(q["options"]) + "\n答案是")
+    assert bench.prompt("logiqa-zh", data.shots, data.questions[0]) == expected

@@ -17,6 +17,7 @@ from baichuan.evaluation.data import (
     EvalDataError,
     Question,
     SubjectData,
+    read_agieval_demos,
     read_agieval_jsonl,
     read_ceval_csv,
     read_cmmlu_csv,
@@ -244,9 +245,11 @@ class CMMLU(Benchmark):
 
 # ------------------------------------------------------------------------------------ AGIEval
 class AGIEval(Benchmark):
-    """ruixiangcui/AGIEval ``src/dataset_loader.py`` few-shot (non-CoT) layout. The official
-    demonstrations (``few_shot_prompts.csv``) are not part of the data release, so, as Baichuan
-    did ("随机划分"), each task is split: a seeded shuffle, the first 5 items are the demo pool."""
+    """ruixiangcui/AGIEval ``src/dataset_loader.py`` few-shot (non-CoT) layout. Demonstrations:
+    the official ``few_shot_prompts.csv`` when it sits in the data folder or its parent (as in
+    AGIEval's repository, ``data/few_shot_prompts.csv`` beside ``data/v1/``); every item is then
+    scored. Without it, as Baichuan did ("随机划分"), each task is split: a seeded shuffle, the
+    first 5 items are the demo pool and the rest are scored."""
 
     name = "agieval"
     splits = ("test",)
@@ -262,10 +265,20 @@ class AGIEval(Benchmark):
         self._check_split(split)
         _check_subject(subject, AGIEVAL_DEFAULT + AGIEVAL_FIVE_OPTION, self.name)
         items = read_agieval_jsonl(data_dir / f"{subject}.jsonl", subject)
+        official = self.official_demos(data_dir)
+        if official is not None:
+            return SubjectData(subject, read_agieval_demos(official, subject), items)
         order = datasets_shuffle_order(len(items))
         shots = [items[i] for i in order[:DEMO_POOL]]
         questions = [items[i] for i in sorted(order[DEMO_POOL:])]
         return SubjectData(subject, shots, questions)
+
+    @staticmethod
+    def official_demos(data_dir: Path) -> Path | None:
+        for candidate in (data_dir / "few_shot_prompts.csv", data_dir.parent / "few_shot_prompts.csv"):
+            if candidate.is_file():
+                return candidate
+        return None
 
     @staticmethod
     def chinese(subject: str) -> bool:

@@ -14,6 +14,7 @@ Variants accepted (see ``../shared/eval-data/PROVENANCE.md``):
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
@@ -232,6 +233,46 @@ def read_agieval_jsonl(path: Path, subject: str) -> list[Question]:
                     source=f"{path}:{line_no}",
                 )
             )
+    return out
+
+
+def read_agieval_demos(path: Path, subject: str) -> list[Question]:
+    """AGIEval's official ``data/few_shot_prompts.csv``: a header row of task names, then records
+    alternating a demo (a Python dict literal: passage/question/options/label) and its explanation;
+    upstream reads the demo records 1, 3, 5, 7, 9. Literals are parsed with ``ast.literal_eval``
+    (never executed). ``sat-en-without-passage`` uses ``sat-en``'s demos without the passage."""
+    rows = read_csv_rows(path)
+    if not rows:
+        raise EvalDataError(f"{path}: empty file")
+    header = rows[0][1]
+    column = "sat-en" if subject == "sat-en-without-passage" else subject
+    if column not in header:
+        raise EvalDataError(f"{path}: no column {column!r} in the header")
+    col = header.index(column)
+    out = []
+    for n, (line, record) in enumerate(rows[1:]):
+        if n >= 10:
+            break  # upstream reads records 1-10: five demos and their explanations
+        if n % 2 or col >= len(record) or not record[col].strip():
+            continue  # explanation records, empty cells
+        try:
+            demo = ast.literal_eval(record[col])
+        except (ValueError, SyntaxError) as exc:
+            raise EvalDataError(f"{path}: record at line {line}, column {column}: not a literal ({exc})") from exc
+        if not isinstance(demo, dict) or "question" not in demo:
+            raise EvalDataError(f"{path}: record at line {line}, column {column}: expected a dict with a question")
+        label = demo.get("label")
+        out.append(
+            Question(
+                subject=subject,
+                qid=f"demo{len(out)}",
+                question=str(demo["question"]),
+                choices=tuple(demo.get("options") or ()),
+                answer=label if isinstance(label, str) else "".join(label or []),
+                passage="" if subject == "sat-en-without-passage" else (demo.get("passage") or ""),
+                source=f"{path}:{line}",
+            )
+        )
     return out
 
 
