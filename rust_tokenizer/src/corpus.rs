@@ -477,6 +477,16 @@ pub fn run_with<E: Encode>(cfg: &CorpusConfig, enc: &E, tokenizer_sha256: &str, 
     // Output directory and what a previous run left there.
     let out = &cfg.output;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
+    if let Ok(out_abs) = out.canonicalize() {
+        for f in &files {
+            if f.path.canonicalize().map(|p| p.starts_with(&out_abs)).unwrap_or(false) {
+                return Err(Error::Input {
+                    path: f.path.clone(),
+                    reason: format!("is inside the output directory {}; choose an output outside the inputs", out.display()),
+                });
+            }
+        }
+    }
     let manifest_p = out.join(MANIFEST);
     let progress_p = out.join(PROGRESS);
     let prefix_p = out.join(&cfg.megatron_prefix);

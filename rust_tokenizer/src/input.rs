@@ -505,4 +505,63 @@ mod tests {
         assert!(jsonl_text(r#"{"text": 3}"#, "text").is_err());
         assert!(jsonl_text(r#"{"x": "a"}"#, "text").is_err());
     }
+
+    /// Reference: universal newlines on a whole buffer.
+    fn reference_lines(data: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut cur = Vec::new();
+        let mut i = 0;
+        while i < data.len() {
+            match data[i] {
+                b'\n' => out.push(std::mem::take(&mut cur)),
+                b'\r' => {
+                    out.push(std::mem::take(&mut cur));
+                    if data.get(i + 1) == Some(&b'\n') {
+                        i += 1;
+                    }
+                }
+                b => cur.push(b),
+            }
+            i += 1;
+        }
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
+    /// Random bytes (biased to line breaks, invalid UTF-8 and JSON characters) through the
+    /// splitter with random buffer sizes, the UTF-8 decoder, the stripper and the JSONL reader:
+    /// same lines as the reference, nothing panics.
+    #[test]
+    fn fuzz_inputs() {
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        const ALPHABET: &[u8] = b"\n\r\r\n ab{}\":,[]\\text\x00\xff\xe4\xbd\xa0\x1c\xe3\x80\x80";
+        for _ in 0..3000 {
+            let len = (rnd() % 200) as usize;
+            let data: Vec<u8> = (0..len).map(|_| ALPHABET[(rnd() % ALPHABET.len() as u64) as usize]).collect();
+            let bufsize = 1 + (rnd() % 9) as usize;
+            let docs = split(&data, DocPer::Line, bufsize);
+            let got: Vec<Vec<u8>> = docs.iter().map(|d| d.0.clone()).collect();
+            assert_eq!(got, reference_lines(&data), "{data:?} bufsize {bufsize}");
+            if let Some(last) = docs.last() {
+                assert_eq!(last.1.end, data.len() as u64);
+            }
+            assert_eq!(docs.iter().map(|d| d.1.consumed).sum::<u64>(), data.len() as u64);
+            for (d, _) in &docs {
+                for policy in [Utf8Policy::Ignore, Utf8Policy::Replace] {
+                    let (t, _) = decode_utf8(d, policy);
+                    let _ = python_strip(&t);
+                    let _ = jsonl_text(&t, "text");
+                    let _ = jsonl_text(&t, "a.b");
+                }
+            }
+        }
+    }
 }
