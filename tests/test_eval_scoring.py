@@ -157,3 +157,25 @@ def test_deterministic(model: BaichuanForCausalLM, tokenizer: Tokenizer) -> None
     b = score_subject(LetterScorer(model, cand, batch_size=8), items, "ABCD")
     np.testing.assert_allclose(a[1], b[1], atol=2e-5)
     assert a[2] == b[2]
+
+
+def test_cmmlu_shot_rule_matches_gen_prompt(tokenizer: Tokenizer) -> None:
+    """CMMLU's gen_prompt with a tokenizer: while the shots' token total is >= max_length minus the
+    header's and question's tokens, remove every shot of the longest length (any position)."""
+    bench = get_benchmark("cmmlu")
+    data = bench.load(resolve_data_dir("cmmlu", DATA), "chinese_history", "test")
+    max_length = 330
+    items = build_prompts(bench, data, 5, Encoder(tokenizer, False), max_length, data.questions[:40])
+    head = bench.header("chinese_history")
+    dropped_inside = 0
+    for it in items:
+        end = bench.query(it.question, 0)
+        fixed = len(tokenizer.encode(head) + tokenizer.encode(end))
+        shots = [(bench.shot(s, 0), len(tokenizer.encode(bench.shot(s, 0)))) for s in data.shots[:5]]
+        while shots and sum(n for _, n in shots) >= max_length - fixed:
+            longest = max(n for _, n in shots)
+            shots = [(t, n) for t, n in shots if n != longest]
+        assert it.text == head + "".join(t for t, _ in shots) + end
+        kept = [s.qid for s in data.shots[:5] if bench.shot(s, 0) in {t for t, _ in shots}]
+        dropped_inside += kept != [s.qid for s in data.shots[: len(kept)]]
+    assert dropped_inside > 0  # the rule drops shots from the middle too: prefix groups by shot set

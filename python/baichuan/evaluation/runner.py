@@ -47,6 +47,7 @@ class PromptItem:
     text: str
     ids: list[int]
     n_shots: int
+    shot_ids: tuple[str, ...] = ()  # which demonstrations (CMMLU may drop any, not just the last)
 
 
 @dataclass
@@ -126,16 +127,15 @@ def build_prompts(
     all_ids = encoder.encode_batch(texts)
     items = []
     for q, text, ids in zip(qs, texts, all_ids):
-        n = len(pool)
+        shots = list(pool)
         if len(ids) > max_length or bench.budget_rule:
             shots = bench.fit_shots(data.subject, pool, q, len(pool), encoder.count, max_length)
             if len(shots) != len(pool):
                 text = bench.prompt(data.subject, shots, q)
                 ids = encoder.encode_batch([text])[0]
-                n = len(shots)
         if len(ids) > max_length:
             ids = ids[-max_length:]
-        items.append(PromptItem(q, text, ids, n))
+        items.append(PromptItem(q, text, ids, len(shots), tuple(s.qid for s in shots)))
     return items
 
 
@@ -148,13 +148,13 @@ def score_subject(
     scorer: LetterScorer, items: Sequence[PromptItem], letters: str,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Group by number of shots (one shared prefix each), score, then softmax/argmax per question
-    over its own letters, as upstream's MMLU script does."""
+    """Group by the demonstrations used (one shared prefix each), score, then softmax/argmax per
+    question over its own letters, as upstream's MMLU script does."""
     logits = np.zeros((len(items), len(letters)), dtype=np.float32)
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple[str, ...], list[int]] = {}
     for i, it in enumerate(items):
-        groups.setdefault(it.n_shots, []).append(i)
-    for _, idx in sorted(groups.items(), reverse=True):
+        groups.setdefault(it.shot_ids, []).append(i)
+    for _, idx in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         logits[idx] = scorer.score([items[i].ids for i in idx], on_batch=on_batch)
     probs = np.zeros_like(logits)
     preds = []
