@@ -62,7 +62,8 @@ def child(args: argparse.Namespace) -> dict:
         mcfg = ModelConfig(num_hidden_layers=args.layers, attn_backend=args.backend)
     mcfg.gradient_checkpointing = args.activation_checkpointing
     torch.manual_seed(0)
-    model = BaichuanForCausalLM(mcfg)
+    with torch.device(device):  # initialise on the GPU: 2.14B parameters take a while on a CPU
+        model = BaichuanForCausalLM(mcfg)
     bf16 = cuda or args.cpu_bf16
     opt_params = {"lr": 3e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "torch_adam": True}
     if cuda:

@@ -109,22 +109,49 @@ def plain_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
+class FinalHiddenCapture:
+    """Keeps the output of the model's final norm (the hidden states the LM head reads).
+
+    Installed once per model (:func:`lm_loss` does it): a hook that stays the same object keeps
+    ``torch.compile`` from recompiling on every call, which a fresh hook per call would cause.
+    """
+
+    ATTR = "_baichuan_final_hidden_capture"
+
+    def __init__(self, core: torch.nn.Module) -> None:
+        self.value: torch.Tensor | None = None  # no counters here: an int would make torch.compile recompile
+        self.handle = core.model.norm.register_forward_hook(self._hook)
+
+    def _hook(self, _module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        self.value = output
+
+    @classmethod
+    def of(cls, core: torch.nn.Module) -> FinalHiddenCapture:
+        capture = core.__dict__.get(cls.ATTR)
+        if capture is None:
+            capture = cls(core)
+            core.__dict__[cls.ATTR] = capture  # not a submodule/parameter: invisible to state_dict
+        return capture
+
+    def take(self) -> torch.Tensor:
+        value, self.value = self.value, None
+        if value is None:
+            raise RuntimeError("the model's final norm did not run")
+        return value
+
+
 def lm_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Next-token loss of ``model`` (a :class:`baichuan.model.BaichuanForCausalLM`, possibly wrapped).
+    """Next-token loss of ``model`` (a :class:`baichuan.model.BaichuanForCausalLM`, possibly wrapped
+    by DeepSpeed).
 
     ``chunk_size > 0`` uses :func:`chunked_cross_entropy` on the final (normed) hidden states,
-    captured with a forward hook on ``model.model.norm`` while the model itself computes logits for
+    captured by a forward hook on ``model.model.norm`` while the model itself computes logits for
     the last position only (``logits_to_keep=1``); ``chunk_size == 0`` is the plain path.
     """
     if chunk_size <= 0:
         return plain_cross_entropy(model(input_ids).logits, targets)
     core = getattr(model, "module", model)
-    captured: list[torch.Tensor] = []
-    handle = core.model.norm.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    try:
-        model(input_ids, logits_to_keep=1)
-    finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise RuntimeError(f"expected one call of the final norm, saw {len(captured)}")
-    return chunked_cross_entropy(captured[0], core.lm_head.weight, targets, chunk_size)
+    capture = FinalHiddenCapture.of(core)
+    capture.value = None
+    model(input_ids, logits_to_keep=1)
+    return chunked_cross_entropy(capture.take(), core.lm_head.weight, targets, chunk_size)

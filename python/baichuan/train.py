@@ -207,6 +207,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     tag = None
     if cfg.resume:
         tag = latest_tag(ckpt_dir)
+        if tag is None and env.rank == 0:
+            print(f"--resume: no checkpoint in {ckpt_dir} yet; starting at step 0", file=sys.stderr, flush=True)
         if tag is not None:
             if not run_json.is_file():
                 raise TrainingError(f"cannot resume: {run_json} is missing")
@@ -303,6 +305,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
     )
 
+    if cfg.compile:
+        engine.compile()
     start_step = 0
     nonfinite_total = 0
     tokens_seen = 0

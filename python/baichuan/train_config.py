@@ -86,9 +86,10 @@ class TrainConfig:
     activation_checkpointing: bool = False
     attn_backend: str | None = None
     chunked_ce: int = 1024  # rows per cross-entropy chunk; 0 = plain fp32 logits
+    compile: bool = False  # torch.compile the model through DeepSpeed's engine.compile()
     save_every: int = 1000
     keep_last: int = 3
-    log_every: int = 1
+    log_every: int = 10
     max_nonfinite_in_row: int = 10
     resume: bool = False
     tensorboard: bool = True

@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=int, help="tokens per training sequence [4096]")
     g.add_argument("--steps", type=int, help="optimizer steps in total [1000]")
     g.add_argument("--seed", type=int, help="data shuffle and init seed [1234]")
+    g.add_argument("--encode-threads", type=int,
+                   help="tokenizer threads per rank for a text directory [all cores; set cores/ranks on shared nodes]")
     g.add_argument("--resume", action="store_true", default=None, help="continue from <output-dir>/checkpoints/latest")
     o = p.add_argument_group("optimisation (override the DeepSpeed JSON)")
     o.add_argument("--deepspeed-config", "--deepspeed_config", dest="deepspeed_config",
@@ -59,11 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--precision", choices=("bf16", "fp16", "fp32"))
     o.add_argument("--activation-checkpointing", action="store_true", default=None)
     o.add_argument("--attn-backend", choices=("auto", "sdpa", "eager", "xformers"))
+    o.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (engine.compile()); first steps are slow while it compiles")
     o.add_argument("--chunked-ce", type=int, help="rows per cross-entropy chunk, 0 = plain fp32 logits [1024]")
     c = p.add_argument_group("checkpoints and logging")
     c.add_argument("--save-every", type=int, help="checkpoint every N steps (and at the end) [1000]")
     c.add_argument("--keep-last", type=int, help="keep the newest K checkpoints [3]")
-    c.add_argument("--log-every", type=int, help="print a log line every N steps [1]")
+    c.add_argument("--log-every", type=int, help="print a log line every N steps [10]")
     c.add_argument("--max-nonfinite-in-row", type=int, help="stop after N NaN/inf micro-batches in a row [10]")
     c.add_argument("--no-tensorboard", action="store_true")
     c.add_argument("--no-plot", action="store_true")
@@ -85,7 +89,7 @@ _FIELDS = {
     "zero_stage": "zero_stage", "precision": "precision", "activation_checkpointing": "activation_checkpointing",
     "attn_backend": "attn_backend", "chunked_ce": "chunked_ce", "save_every": "save_every",
     "keep_last": "keep_last", "log_every": "log_every", "max_nonfinite_in_row": "max_nonfinite_in_row",
-    "peak_tflops": "peak_tflops",
+    "peak_tflops": "peak_tflops", "encode_threads": "encode_threads", "compile": "compile",
 }
 
 
