@@ -68,12 +68,14 @@ def test_sampling_is_seeded_and_filters_work():
     c = list(generate_ids(model, prompt, GenerationConfig(temperature=1.0, seed=2), eos_id=None))
     assert a == b and a != c
     greedy = list(generate_ids(model, prompt, GenerationConfig(), eos_id=None))
-    assert list(generate_ids(model, prompt, GenerationConfig(temperature=1.0, top_k=1, seed=5), eos_id=None)) == greedy
-    assert list(generate_ids(model, prompt, GenerationConfig(temperature=1.0, top_p=1e-6, seed=5), eos_id=None)) == greedy
+    top1 = GenerationConfig(temperature=1.0, top_k=1, seed=5)
+    assert list(generate_ids(model, prompt, top1, eos_id=None)) == greedy
+    nucleus = GenerationConfig(temperature=1.0, top_p=1e-6, seed=5)
+    assert list(generate_ids(model, prompt, nucleus, eos_id=None)) == greedy
 
 
 def test_logit_processing_matches_transformers():
-    tr = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.generation.logits_process import (
         RepetitionPenaltyLogitsProcessor,
         TemperatureLogitsWarper,
@@ -84,7 +86,6 @@ def test_logit_processing_matches_transformers():
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(3, 200, generator=g) * 3
     seen = torch.randint(0, 200, (3, 30), generator=g)
-    assert tr is not None
     assert torch.equal(
         apply_repetition_penalty(scores, seen, 1.1), RepetitionPenaltyLogitsProcessor(1.1)(seen, scores.clone())
     )

@@ -256,7 +256,9 @@ def _find_config(path: Path, config: str | os.PathLike[str] | ModelConfig | None
         try:
             return ModelConfig.preset(str(config))
         except ValueError:
-            raise FileNotFoundError(f"model config {config}: neither a config.json, a folder with one, nor a preset") from None
+            raise FileNotFoundError(
+                f"model config {config}: neither a config.json, a folder with one, nor a preset"
+            ) from None
     candidates = [d / CONFIG_NAME for d in _side_folders(path)]
     for c in candidates:
         if c.is_file():
@@ -452,7 +454,8 @@ def export_hf(
         for key, t in shard.items():
             weight_map[key] = name
             total += t.numel() * t.element_size()
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items(), key=lambda kv: _natural_key(kv[0])))}
+    ordered = dict(sorted(weight_map.items(), key=lambda kv: _natural_key(kv[0])))
+    index = {"metadata": {"total_size": total}, "weight_map": ordered}
     _write_json(out / "model.safetensors.index.json", index)
     _write_json(out / CONFIG_NAME, hf_config_dict(cfg, torch_dtype))
     _write_json(
