@@ -290,15 +290,38 @@ def test_megatron_output_read_independently(corpus: Path, reference, tmp_path: P
     assert m["megatron"]["sequences"] == len(docs) == m["counts"]["documents"]
     assert sorted(p.name for p in out.iterdir()) == ["corpus_text_document.bin", "corpus_text_document.idx", "manifest.json"]
     # resume of the Megatron writer after kill -9
+    ref = tmp_path / "mgref"
+    run_tokenize(cfg(corpus, ref, format="megatron", shard_tokens=5000), progress=False)
     out2 = tmp_path / "mg2"
     args = ["--tokenizer", str(MODEL), "--input", str(corpus), "--output", str(out2), "--workers", "2",
-            "--format", "megatron", "--shard-size", "20000"]
-    p = subprocess.Popen(_cli(*args))
-    time.sleep(0.8)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+            "--format", "megatron", "--shard-size", "5000"]
+    killed = 0
+    for n in (2, 5):
+        p = subprocess.Popen(_cli(*args, *(["--resume"] if killed else [])))
+        _wait_for_checkpoints(p, out2 / "progress.json", n)
+        time.sleep(0.01)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            killed += 1
+        p.wait()
+    assert killed >= 1
     subprocess.run(_cli(*args, "--resume"), check=True)
-    assert read_dir(out2) == read_dir(out)
+    assert read_dir(out2) == read_dir(ref)
+    assert [d.tolist() for d in iter_documents(out2)] == docs
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(corpus: Path, tmp_path: Path) -> None:
+    ref = tmp_path / "ref"
+    run_tokenize(cfg(corpus, ref, shard_tokens=5000), progress=False)
+    out = tmp_path / "o"
+    args = ["--tokenizer", str(MODEL), "--input", str(corpus), "--output", str(out), "--shard-size", "5000"]
+    p = subprocess.Popen(_cli(*args), stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoints(p, out / "progress.json", 2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "--resume" in err and "Traceback" not in err
+    subprocess.run(_cli(*args, "--resume"), check=True)
+    assert read_dir(out) == read_dir(ref)
 
 
 # ---------------------------------------------------------------- bad inputs

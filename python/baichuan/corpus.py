@@ -249,17 +249,3 @@ def summary_table(manifest: dict[str, Any], max_files: int = 20) -> str:
         out.append(f"Megatron pair {mg['bin']} / {mg['idx']}, dtype code {mg['dtype_code']}, {mg['sequences']} sequences")
     return "\n".join(out)
 
-
-def parse_size(text: str) -> int:
-    """'1000', '64K', '256M', '1G' (powers of 1024) -> int."""
-    t = text.strip().upper()
-    mult = 1
-    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
-        if t.endswith(suffix):
-            t, mult = t[:-1], m
-            break
-    value = int(float(t) * mult)
-    if value <= 0:
-        raise ValueError(f"size must be positive: {text!r}")
-    return value
-

@@ -12,9 +12,24 @@ import sys
 HELP = "Tokenize a corpus into memory-mapped token shards, in parallel, resumably."
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from baichuan.corpus import parse_size
+def parse_size(text: str) -> int:
+    """'1000', '64K', '256M', '1G' (powers of 1024) -> int."""
+    t = text.strip().upper()
+    mult = 1
+    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+        if t.endswith(suffix):
+            t, mult = t[:-1], m
+            break
+    try:
+        value = int(float(t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 20000, 64K, 256M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", required=True, help="SentencePiece .model file")
     parser.add_argument(
         "--input",
