@@ -3,8 +3,9 @@
 //! `catch_unwind` and a panic becomes `TokenizerError`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -12,7 +13,7 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyList, PyString};
 
 use crate::error::Error;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{IdBlock, Tokenizer};
 
 pyo3::create_exception!(_tokenizer, TokenizerError, pyo3::exceptions::PyValueError);
 
@@ -152,14 +153,64 @@ impl PyTokenizer {
         drop(texts);
         let tok = &self.inner;
         let n = threads_arg(num_threads);
-        let blocks = py.detach(|| guarded("encode_batch", || tok.encode_blocks(&ts, n)))?;
-        drop(ts);
-        let mut lists = Vec::with_capacity(texts_len(&blocks));
-        for b in &blocks {
-            for ids in b.iter() {
-                lists.push(self.id_list(py, ids)?);
+        if Tokenizer::threads_for(n) <= 1 || ts.len() < 64 {
+            let blocks = py.detach(|| guarded("encode_batch", || tok.encode_blocks(&ts, n)))?;
+            let mut lists = Vec::with_capacity(texts_len(&blocks));
+            for b in &blocks {
+                for ids in b.iter() {
+                    lists.push(self.id_list(py, ids)?);
+                }
             }
+            return PyList::new(py, lists);
         }
+        // Several threads: the workers encode blocks while this thread (holding the GIL only
+        // while it converts) turns finished blocks into Python lists, in order. The conversion
+        // thus overlaps the encoding instead of adding to it (Amdahl).
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, IdBlock)>();
+        let mut lists: Vec<Bound<'py, PyList>> = Vec::with_capacity(ts.len());
+        let result: PyResult<()> = guarded("encode_batch", || {
+            std::thread::scope(|scope| -> PyResult<()> {
+                let ts = &ts;
+                let worker = scope.spawn(move || {
+                    let tx = Mutex::new(tx);
+                    tok.encode_blocks_with(ts, n, |i, b| {
+                        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((i, b));
+                    })
+                });
+                let mut pending: BTreeMap<usize, IdBlock> = BTreeMap::new();
+                let mut next = 0usize;
+                let mut err: Option<PyErr> = None;
+                let rx = Mutex::new(rx);
+                while let Ok((i, b)) = py.detach(|| rx.lock().unwrap_or_else(|e| e.into_inner()).recv()) {
+                    pending.insert(i, b);
+                    while let Some(b) = pending.remove(&next) {
+                        next += 1;
+                        if err.is_none() {
+                            for ids in b.iter() {
+                                match self.id_list(py, ids) {
+                                    Ok(l) => lists.push(l),
+                                    Err(e) => {
+                                        err = Some(e);
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                if worker.join().is_err() {
+                    return Err(TokenizerError::new_err("internal error in encode_batch: a worker panicked"));
+                }
+                match err {
+                    Some(e) => Err(e),
+                    None if lists.len() != ts.len() => {
+                        Err(TokenizerError::new_err("internal error in encode_batch: blocks missing"))
+                    }
+                    None => Ok(()),
+                }
+            })
+        })?;
+        result?;
         PyList::new(py, lists)
     }
 

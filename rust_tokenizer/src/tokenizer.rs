@@ -412,26 +412,55 @@ impl Tokenizer {
     /// Encodes `texts` in parallel in blocks of consecutive texts, each block's ids in one
     /// buffer (no allocation per text). Blocks come back in order.
     pub fn encode_blocks<T: AsRef<[u8]> + Sync>(&self, texts: &[T], num_threads: Option<usize>) -> Vec<IdBlock> {
+        let mut out: Vec<(usize, IdBlock)> = Vec::new();
+        let sink = Mutex::new(&mut out);
+        self.encode_blocks_with(texts, num_threads, |i, b| {
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push((i, b));
+        });
+        out.sort_unstable_by_key(|x| x.0);
+        out.into_iter().map(|x| x.1).collect()
+    }
+
+    /// How many texts go in one block for `texts` texts on `threads` threads.
+    pub fn block_size(texts: usize, threads: usize) -> usize {
+        (texts / (threads.max(1) * 16)).clamp(1, 256)
+    }
+
+    /// Streaming form of [`Tokenizer::encode_blocks`]: `sink(block_index, block)` is called from
+    /// the worker threads as blocks finish (in any order); block `i` holds texts
+    /// `i * block_size .. (i + 1) * block_size`, see [`Tokenizer::block_size`] with the pool's
+    /// thread count. Returns that block size.
+    pub fn encode_blocks_with<T: AsRef<[u8]> + Sync>(
+        &self,
+        texts: &[T],
+        num_threads: Option<usize>,
+        sink: impl Fn(usize, IdBlock) + Sync + Send,
+    ) -> usize {
         if texts.is_empty() {
-            return Vec::new();
+            return 1;
         }
         let run = || {
-            let threads = rayon::current_num_threads().max(1);
-            let block = (texts.len() / (threads * 16)).clamp(1, 256);
-            texts
-                .par_chunks(block)
-                .map(|chunk| {
-                    let bytes: usize = chunk.iter().map(|t| t.as_ref().len()).sum();
-                    let mut b = IdBlock { ids: Vec::with_capacity(bytes / 3 + 8), ends: Vec::with_capacity(chunk.len()) };
-                    for t in chunk {
-                        self.encode_into(t.as_ref(), &mut b.ids);
-                        b.ends.push(b.ids.len());
-                    }
-                    b
-                })
-                .collect::<Vec<IdBlock>>()
+            let block = Self::block_size(texts.len(), rayon::current_num_threads());
+            texts.par_chunks(block).enumerate().for_each(|(i, chunk)| {
+                let bytes: usize = chunk.iter().map(|t| t.as_ref().len()).sum();
+                let mut b = IdBlock { ids: Vec::with_capacity(bytes / 3 + 8), ends: Vec::with_capacity(chunk.len()) };
+                for t in chunk {
+                    self.encode_into(t.as_ref(), &mut b.ids);
+                    b.ends.push(b.ids.len());
+                }
+                sink(i, b);
+            });
+            block
         };
         self.in_pool(num_threads, run)
+    }
+
+    /// The number of worker threads `num_threads` stands for.
+    pub fn threads_for(num_threads: Option<usize>) -> usize {
+        match num_threads {
+            None => rayon::current_num_threads(),
+            Some(n) => n.clamp(1, 1024),
+        }
     }
 
     fn in_pool<R: Send>(&self, num_threads: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
