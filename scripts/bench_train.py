@@ -14,6 +14,10 @@ are: HF Llama + SDPA plain loop 42.6%, DeepSpeed ZeRO-2 + xformers 34.9%, DeepSp
 Loss paths: ``chunked`` is ``baichuan.losses.chunked_cross_entropy`` (what ``baichuan train``
 uses; no fp32 logits for all 64000 classes), ``plain`` is bf16 logits + fp32 ``F.cross_entropy``.
 
+``--engines deepspeed,plain`` adds rows without DeepSpeed (fp32 weights, bf16 autocast, torch fused
+AdamW, plain loss: the recipe of the anchors' "plain loop"), separating DeepSpeed's overhead from the
+model's kernels.
+
 Each configuration runs in its own child process (clean GPU memory, fresh DeepSpeed state)::
 
     python scripts/bench_train.py                       # GPU: all backends x {chunked, plain}
@@ -35,6 +39,33 @@ import sys
 import time
 
 PEAK = 989.4e12
+
+
+class _PlainEngine:
+    """The engine calls the benchmark makes, without DeepSpeed (for comparison with the anchors)."""
+
+    def __init__(self, model, opt_params: dict, bf16: bool, cuda: bool, compile_model: bool) -> None:
+        import torch
+
+        self.module = model
+        self._call = torch.compile(model) if compile_model else model
+        params = {k: v for k, v in opt_params.items() if k != "torch_adam"}
+        self.opt = torch.optim.AdamW(model.parameters(), **params)
+        self.autocast = torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    def __call__(self, *args, **kwargs):
+        with self.autocast:
+            return self._call(*args, **kwargs)
+
+    def backward(self, loss) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        import torch
+
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -79,9 +110,12 @@ def child(args: argparse.Namespace) -> dict:
         "bf16": {"enabled": bf16},
         "steps_per_print": 10**9,
     }
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
-    if args.compile:
-        engine.compile()
+    if args.engine == "deepspeed":
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+        if args.compile:
+            engine.compile()
+    else:  # the anchors' "plain loop": fp32 weights, bf16 autocast, torch fused AdamW, no DeepSpeed
+        engine = _PlainEngine(model, opt_params, bf16, cuda, args.compile)
     seq = args.seq
     g = torch.Generator(device="cpu").manual_seed(0)
     batches = [torch.randint(0, mcfg.vocab_size, (args.micro_batch, seq + 1), generator=g) for _ in range(4)]
@@ -107,6 +141,7 @@ def child(args: argparse.Namespace) -> dict:
     tps = args.micro_batch * seq / step
     tflops = flops_per_token(mcfg, seq) * tps / 1e12
     return {
+        "engine": args.engine,
         "backend": engine.module.attn_backend_for(device),
         "loss_path": args.loss,
         "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
@@ -131,6 +166,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--zero", type=int, default=2)
+    p.add_argument("--engines", default="deepspeed", help="comma list of deepspeed,plain (plain: no DeepSpeed, bf16 autocast)")
     p.add_argument("--chunk", type=int, default=2048, help="rows per cross-entropy chunk")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="engine.compile() (torch.compile) before timing")
@@ -138,6 +174,7 @@ def main() -> int:
     p.add_argument("--cpu-bf16", action="store_true", help="with --cpu-smoke: bf16 like the GPU run")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--backend", help=argparse.SUPPRESS)
+    p.add_argument("--engine", default="deepspeed", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=29517, help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -160,32 +197,35 @@ def main() -> int:
             gpu = False
         args.backends = "sdpa,xformers" if gpu else "sdpa,eager"
     rows = []
-    for b_i, backend in enumerate(args.backends.split(",")):
-        for l_i, loss in enumerate(args.loss.split(",")):
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--backend", backend, "--loss", loss,
-                   "--port", str(args.port + 10 * b_i + l_i)]
-            for name in ("layers", "seq", "micro_batch", "steps", "warmup", "zero", "chunk"):
-                cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-            for flag in ("activation_checkpointing", "compile", "cpu_smoke", "cpu_bf16"):
-                if getattr(args, flag):
-                    cmd.append(f"--{flag.replace('_', '-')}")
-            print(f"== {backend} / {loss} loss", file=sys.stderr, flush=True)
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if r.returncode != 0 or line is None:
-                tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-                rows.append({"backend": backend, "loss_path": loss, "error": " | ".join(tail)})
-                continue
-            rows.append(json.loads(line[len("RESULT "):]))
+    # The plain loop reproduces the anchors' recipe (bf16 autocast, plain loss) only.
+    combos = [(e, b, l) for e in args.engines.split(",") for b in args.backends.split(",") for l in args.loss.split(",")
+              if e == "deepspeed" or l == "plain"]
+    for i, (engine, backend, loss) in enumerate(combos):
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--engine", engine, "--backend", backend,
+               "--loss", loss, "--port", str(args.port + i)]
+        for name in ("layers", "seq", "micro_batch", "steps", "warmup", "zero", "chunk"):
+            cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        for flag in ("activation_checkpointing", "compile", "cpu_smoke", "cpu_bf16"):
+            if getattr(args, flag):
+                cmd.append(f"--{flag.replace('_', '-')}")
+        print(f"== {engine} / {backend} / {loss} loss", file=sys.stderr, flush=True)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if r.returncode != 0 or line is None:
+            tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+            rows.append({"engine": engine, "backend": backend, "loss_path": loss, "error": " | ".join(tail)})
+            continue
+        rows.append(json.loads(line[len("RESULT "):]))
     dev = next((r["device"] for r in rows if "device" in r), "?")
     shape = "tiny CPU smoke config" if args.cpu_smoke else f"{args.layers}-layer Baichuan-7B slice"
-    print(f"\n{shape}, seq {args.seq}, micro-batch {args.micro_batch}, ZeRO-{args.zero}, device: {dev}")
-    print(f"{'backend':<10} {'loss':<8} {'tokens/s':>10} {'TFLOPS':>8} {'MFU':>7} {'step s':>8} {'peak GiB':>9} {'loss0->N':>16}")
+    print(f"\n{shape}, seq {args.seq}, micro-batch {args.micro_batch}, ZeRO-{args.zero} (deepspeed rows), "
+          f"MFU against {PEAK / 1e12:.1f} TFLOP/s, device: {dev}")
+    print(f"{'engine':<10} {'backend':<10} {'loss':<8} {'tokens/s':>10} {'TFLOPS':>8} {'MFU':>7} {'step s':>8} {'peak GiB':>9} {'loss0->N':>16}")
     for r in rows:
         if "error" in r:
-            print(f"{r['backend']:<10} {r['loss_path']:<8} failed: {r['error']}")
+            print(f"{r['engine']:<10} {r['backend']:<10} {r['loss_path']:<8} failed: {r['error']}")
             continue
-        print(f"{r['backend']:<10} {r['loss_path']:<8} {r['tokens_per_s']:>10.0f} {r['tflops']:>8.1f} {r['mfu']:>7.1%} "
+        print(f"{r['engine']:<10} {r['backend']:<10} {r['loss_path']:<8} {r['tokens_per_s']:>10.0f} {r['tflops']:>8.1f} {r['mfu']:>7.1%} "
               f"{r['step_s']:>8.3f} {r['peak_mem_gib']:>9.1f} {r['first_loss']:>7.3f}->{r['last_loss']:.3f}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
