@@ -151,8 +151,8 @@ def _model_config(cfg: TrainConfig, vocab_hint: int | None, saved: dict[str, Any
     return mc
 
 
-def _tokenizer_vocab(cfg: TrainConfig) -> tuple[int | None, str | None, int | None]:
-    """(vocab_size, sha256, eos_id) of the data's tokenizer, from the manifest or the .model file."""
+def _tokenizer_vocab(cfg: TrainConfig) -> tuple[int | None, str | None]:
+    """(vocab_size, sha256) of the data's tokenizer, from the .model file or the shards' manifest."""
     from baichuan.data import ShardManifest, file_sha256, is_shard_dir
 
     if cfg.tokenizer:
@@ -162,11 +162,11 @@ def _tokenizer_vocab(cfg: TrainConfig) -> tuple[int | None, str | None, int | No
         from baichuan import Tokenizer
 
         tok = Tokenizer.from_file(tp)
-        return tok.vocab_size, file_sha256(tp), tok.eos_id
+        return tok.vocab_size, file_sha256(tp)
     if is_shard_dir(cfg.data):
         m = ShardManifest.load(cfg.data)
-        return m.vocab_size, m.tokenizer_sha256, m.eos_id
-    return None, None, None
+        return m.vocab_size, m.tokenizer_sha256
+    return None, None
 
 
 def run_training(cfg: TrainConfig) -> TrainResult:
@@ -214,7 +214,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
                 raise TrainingError(f"cannot resume: {run_json} is missing")
             record = json.loads(run_json.read_text(encoding="utf-8"))
 
-    vocab_hint, data_sha, eos_id = _tokenizer_vocab(cfg)
+    vocab_hint, data_sha = _tokenizer_vocab(cfg)
     expected_sha = record.get("tokenizer_sha256") if record else None
     expected_from = f"recorded in {run_json}" if expected_sha else ""
     if cfg.init_from:
@@ -285,6 +285,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             }
             _write_atomic(run_json, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
+    from baichuan.losses import lm_loss
     from baichuan.model import BaichuanForCausalLM, flops_per_token
 
     torch.manual_seed(cfg.seed)
@@ -386,8 +387,6 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             x = torch.from_numpy(batch)
             x = x.pin_memory().to(device, non_blocking=True) if cuda else x
             micro += 1
-            from baichuan.losses import lm_loss
-
             chunk = cfg.chunked_ce if zero_stage != 3 else 0
             loss = lm_loss(engine, x[:, :-1], x[:, 1:], chunk)
             if micro in cfg.inject_nonfinite:
