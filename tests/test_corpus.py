@@ -195,19 +195,19 @@ def _wait_for_checkpoints(p: subprocess.Popen, state: Path, count: int) -> None:
 
 def test_kill9_and_resume_is_byte_identical(corpus: Path, tmp_path: Path) -> None:
     ref = tmp_path / "ref"
-    run_tokenize(cfg(corpus, ref, shard_tokens=5000), progress=False)
+    run_tokenize(cfg(corpus, ref, shard_tokens=3000), progress=False)
     out = tmp_path / "k"
-    args = ["--tokenizer", str(MODEL), "--input", str(corpus), "--output", str(out), "--workers", "2",
-            "--shard-size", "5000"]
+    args = ["--tokenizer", str(MODEL), "--input", str(corpus), "--output", str(out), "--shard-size", "3000"]
     rng = random.Random(1234)
     kills = 0
     for attempt in range(40):
-        p = subprocess.Popen(_cli(*args, *(["--resume"] if attempt else [])), stderr=subprocess.PIPE)
+        workers = ["--workers", str(1 + attempt % 2)]  # resuming with another worker count is fine
+        p = subprocess.Popen(_cli(*args, *workers, *(["--resume"] if attempt else [])), stderr=subprocess.PIPE)
         if attempt == 0:
             time.sleep(rng.uniform(0.0, 0.3))  # possibly before the first checkpoint
         elif attempt < 6:
-            _wait_for_checkpoints(p, out / "progress.json", rng.randint(1, 4))
-            time.sleep(rng.uniform(0.0, 0.03))  # anywhere between two checkpoints
+            _wait_for_checkpoints(p, out / "progress.json", rng.randint(1, 3))
+            time.sleep(rng.uniform(0.0, 0.02))  # anywhere between two checkpoints
         else:
             rc = p.wait(timeout=120)
             assert rc == 0, p.stderr.read().decode()
@@ -288,7 +288,8 @@ def test_megatron_output_read_independently(corpus: Path, reference, tmp_path: P
     assert docs == [d.tolist() for d in iter_documents(ref_out)]
     assert all(d[-1] == EOS for d in docs)
     assert m["megatron"]["sequences"] == len(docs) == m["counts"]["documents"]
-    assert sorted(p.name for p in out.iterdir()) == ["corpus_text_document.bin", "corpus_text_document.idx", "manifest.json"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".tokenize.lock", "corpus_text_document.bin", "corpus_text_document.idx", "manifest.json"]
     # resume of the Megatron writer after kill -9
     ref = tmp_path / "mgref"
     run_tokenize(cfg(corpus, ref, format="megatron", shard_tokens=5000), progress=False)
@@ -308,6 +309,19 @@ def test_megatron_output_read_independently(corpus: Path, reference, tmp_path: P
     subprocess.run(_cli(*args, "--resume"), check=True)
     assert read_dir(out2) == read_dir(ref)
     assert [d.tolist() for d in iter_documents(out2)] == docs
+
+
+def test_one_job_per_directory(corpus: Path, tmp_path: Path) -> None:
+    import fcntl
+
+    out = tmp_path / "o"
+    out.mkdir()
+    with open(out / ".tokenize.lock", "w") as held:  # as another running job holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(CorpusError, match="another tokenize job is writing here"):
+            run_tokenize(cfg(corpus, out), progress=False)
+    assert not (out / "progress.json").exists()
+    run_tokenize(cfg(corpus, out), progress=False)  # released (as when that process dies)
 
 
 def test_ctrl_c_stops_cleanly_and_resumes(corpus: Path, tmp_path: Path) -> None:

@@ -33,6 +33,8 @@ use crate::tokenizer::Tokenizer;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const PROGRESS: &str = "progress.json";
+/// Held (flock) while a job writes the directory; removed at the end.
+pub const LOCK: &str = ".tokenize.lock";
 pub const MANIFEST_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,8 +479,39 @@ pub fn run_with<E: Encode>(cfg: &CorpusConfig, enc: &E, tokenizer_sha256: &str, 
     // Output directory and what a previous run left there.
     let out = &cfg.output;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
+    // One job per directory: an advisory lock, released by the OS if the process dies.
+    let lock_p = out.join(LOCK);
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_p).map_err(io_err(&lock_p))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(Error::Output { path: out.clone(), reason: "another tokenize job is writing here".into() })
+        }
+        Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path: lock_p, source }),
+    }
+    // (The lock file stays: removing it would let a waiting job lock a file no one else sees.)
+    let result = run_locked(cfg, enc, tokenizer_sha256, progress, &files, options, fingerprint, vocab, eos, dtype, workers);
+    drop(lock);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_locked<E: Encode>(
+    cfg: &CorpusConfig,
+    enc: &E,
+    tokenizer_sha256: &str,
+    progress: &Progress,
+    files: &[InputFile],
+    options: serde_json::Value,
+    fingerprint: String,
+    vocab: usize,
+    eos: Option<u32>,
+    dtype: DType,
+    workers: usize,
+) -> Result<Manifest> {
+    let out = &cfg.output;
     if let Ok(out_abs) = out.canonicalize() {
-        for f in &files {
+        for f in files {
             if f.path.canonicalize().map(|p| p.starts_with(&out_abs)).unwrap_or(false) {
                 return Err(Error::Input {
                     path: f.path.clone(),
@@ -549,7 +582,7 @@ pub fn run_with<E: Encode>(cfg: &CorpusConfig, enc: &E, tokenizer_sha256: &str, 
         finishing: false,
     });
 
-    let ctx = Ctx { cfg, files: &files, dtype, eos, progress, out, progress_p: &progress_p, prefix_p: &prefix_p };
+    let ctx = Ctx { cfg, files, dtype, eos, progress, out, progress_p: &progress_p, prefix_p: &prefix_p };
     let (shards_done, mega_entry, file_entries) = if state.finishing {
         let at = state.megatron.unwrap_or_default();
         let e = megatron::finish_files(&prefix_p, dtype, at)?;
