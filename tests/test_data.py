@@ -325,3 +325,29 @@ def test_text_dir_needs_a_tokenizer(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="pass the tokenizer"):
         open_source(d, seq_len=9, micro_batch=1, rank=0, world_size=1, seed=0, vocab_size=100)
     shutil.rmtree(d)
+
+
+def test_text_stream_is_bounded_not_whole_corpus(tmp_path: Path) -> None:
+    """The reader thread stops at the bounded queue: it does not read ahead through the corpus."""
+    import time
+
+    d = tmp_path / "big"
+    d.mkdir()
+    line = "word " * 30 + "\n"
+    (d / "a.txt").write_text(line * 20000)  # 20000 documents of 31 tokens
+    calls: list[int] = []
+
+    def enc(texts: list[str]) -> list[list[int]]:
+        calls.append(len(texts))
+        return [[7] * 30 for _ in texts]
+
+    src = TextDirSource(list_text_files(d), enc, 2, seq_len=33, micro_batch=1, rank=0, world_size=1,
+                        lines_per_batch=100, queue_sequences=8)
+    try:
+        src.next_batch()
+        time.sleep(0.5)
+        assert src._queue.qsize() <= 8
+        # 8 queued sequences + the one taken need ~9 documents: at most a couple of 100-line batches read
+        assert sum(calls) <= 300, sum(calls)
+    finally:
+        src.close()

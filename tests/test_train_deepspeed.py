@@ -203,3 +203,18 @@ def test_train_sh_launches_from_a_hostfile(corpus: dict[str, Path], tmp_path: Pa
     ds = json.loads((out / "run.json").read_text())["deepspeed_config"]
     assert ds["optimizer"]["params"]["betas"] == [0.9, 0.95] and ds["zero_optimization"]["stage"] == 2
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-2"
+
+
+def test_init_from_a_trained_model_folder(corpus: dict[str, Path], shard_run: Path, tmp_path: Path) -> None:
+    """Continued pre-training: --init-from the native folder of a checkpoint starts at its loss."""
+    model_dir = shard_run / "checkpoints" / f"step-{STEPS}" / "model"
+    out = tmp_path / "continued"
+    r = run([
+        sys.executable, "-m", "baichuan", "train", "--data", str(corpus["shards"]), "--init-from", str(model_dir),
+        "--output-dir", str(out), "--max-length", "64", "--micro-batch-size", "2", "--steps", "2",
+        "--lr", "1e-4", "--warmup-steps", "1", "--precision", "fp32", "--no-progress",
+    ])
+    assert r.returncode == 0
+    first = metrics(out)[1]["loss"]
+    trained = metrics(shard_run)[STEPS]["loss"]
+    assert first < 9.0 and abs(first - trained) < 1.0, (first, trained)  # far below ln(32000) = 10.37
