@@ -415,3 +415,30 @@ def test_output_inside_inputs_is_refused(corpus: Path, tmp_path: Path) -> None:
     run_tokenize(cfg(d, d / "out", inputs=[str(p) for p in sorted(d.glob("a0*"))]), progress=False)
     with pytest.raises(CorpusError, match="inside the output directory"):
         run_tokenize(cfg(d, d / "out", resume=True), progress=False)
+
+
+def test_progress_counters_and_line(corpus: Path, tmp_path: Path) -> None:
+    import io
+
+    from baichuan import _tokenizer
+    from baichuan.corpus import ProgressLine
+
+    job = _tokenizer.CorpusJob(cfg(corpus, tmp_path / "o").to_json())
+    job.start()
+    assert job.wait(120.0)
+    m = json.loads(job.result())
+    p = job.progress()
+    assert p["documents"] == m["counts"]["documents"] and p["tokens"] == m["counts"]["tokens"]
+    assert p["dropped"] == m["counts"]["dropped"] and p["text_bytes"] == m["counts"]["bytes"]
+    assert p["files_done"] == p["files_total"] == m["counts"]["files"]
+    assert p["raw_bytes_read"] == p["raw_bytes_total"] == sum(f["size"] for f in m["inputs"])
+    buf = io.StringIO()
+    line = ProgressLine(buf, interval=0.0)
+    line.update({k: 0 for k in p}, force=True)
+    line.update(p, force=True)
+    out = buf.getvalue().splitlines()
+    assert out[0].startswith("tokenize   0.0%") and "100.0%" in out[1] and "tok/s" in out[1] and "ETA" in out[1]
+    with pytest.raises(RuntimeError, match="already started"):
+        job.start()
+    with pytest.raises(CorpusError, match="unknown field"):
+        _tokenizer.CorpusJob('{"tokenizer": "t", "inputs": ["x"], "output": "o", "bogus": 1}')

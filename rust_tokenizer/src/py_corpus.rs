@@ -32,6 +32,7 @@ pub struct CorpusJob {
     config: CorpusConfig,
     progress: Arc<Progress>,
     handle: Mutex<Option<JoinHandle<()>>>,
+    started: std::sync::atomic::AtomicBool,
     outcome: Arc<Mutex<Option<Outcome>>>,
 }
 
@@ -44,6 +45,7 @@ impl CorpusJob {
             config,
             progress: Arc::new(Progress::default()),
             handle: Mutex::new(None),
+            started: std::sync::atomic::AtomicBool::new(false),
             outcome: Arc::new(Mutex::new(None)),
         })
     }
@@ -51,7 +53,7 @@ impl CorpusJob {
     /// Starts the job on a background thread.
     fn start(&self) -> PyResult<()> {
         let mut h = self.handle.lock().map_err(|_| PyRuntimeError::new_err("job state poisoned"))?;
-        if h.is_some() {
+        if self.started.swap(true, Ordering::SeqCst) {
             return Err(PyRuntimeError::new_err("the job was already started"));
         }
         let cfg = self.config.clone();
