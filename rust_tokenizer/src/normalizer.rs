@@ -345,9 +345,17 @@ impl Normalizer {
         let mut prev_space = rew;
         let escape = self.escape_whitespaces;
         while !input.is_empty() {
-            if let Some(len) = self.fast_char(input, ud) {
-                out.extend_from_slice(&input[..len]);
-                input = &input[len..];
+            // A run of characters that normalize to themselves is copied in one go.
+            let mut run = 0;
+            while run < input.len() {
+                match self.fast_char(&input[run..], ud) {
+                    Some(len) => run += len,
+                    None => break,
+                }
+            }
+            if run > 0 {
+                out.extend_from_slice(&input[..run]);
+                input = &input[run..];
                 prev_space = false;
                 continue;
             }

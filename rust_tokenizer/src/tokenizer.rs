@@ -645,7 +645,15 @@ impl Tokenizer {
             if cache_ok && chunk.len() <= MAX_CACHED_CHUNK {
                 if let Some(ids) = s.cache.get(chunk) {
                     let skip = usize::from(fuse && out.len() > base && ids.first() == Some(&unk) && out.last() == Some(&unk));
-                    out.extend_from_slice(&ids[skip..]);
+                    let ids = &ids[skip..];
+                    if ids.len() <= 4 {
+                        // Tiny copies: pushes beat a memmove call.
+                        for &id in ids {
+                            out.push(id);
+                        }
+                    } else {
+                        out.extend_from_slice(ids);
+                    }
                     return;
                 }
             }
