@@ -26,6 +26,11 @@ mod py_corpus;
 /// Entry points for the fuzz targets in `fuzz/` and the randomized tests (not a stable API).
 #[doc(hidden)]
 pub mod fuzzing {
+    /// The normalizer's `precompiled_charsmap` of a serialized model, if it parses.
+    pub fn charsmap_of_model(model: &[u8]) -> Option<Vec<u8>> {
+        crate::proto::parse_model(model).ok().map(|m| m.normalizer.precompiled_charsmap)
+    }
+
     /// Parses a charsmap blob and, if valid, normalizes `text` with it under every flag
     /// combination. Must never panic.
     pub fn charsmap(blob: &[u8], text: &[u8]) {
