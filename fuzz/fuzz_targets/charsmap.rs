@@ -14,9 +14,12 @@ use libfuzzer_sys::fuzz_target;
 fn base() -> &'static [u8] {
     static BASE: OnceLock<Vec<u8>> = OnceLock::new();
     BASE.get_or_init(|| {
-        let path = std::env::var_os("BAICHUAN_FUZZ_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spm-models/baichuan-7b.model")
-        });
+        let path = std::env::var_os("BAICHUAN_FUZZ_MODEL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../shared/spm-models/baichuan-7b.model")
+            });
         let model = std::fs::read(&path).expect("BAICHUAN_FUZZ_MODEL must name a .model file");
         fuzzing::charsmap_of_model(&model).expect("the model parses")
     })
@@ -25,7 +28,9 @@ fn base() -> &'static [u8] {
 const TEXT: &[u8] = "a\u{301}ｶﾞ ＡＢＣ 中文\u{3000}x\u{fffd}\u{2581}\t\n\r\x01\x00 ﬁ ½ ①".as_bytes();
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     if mode == 0 {
         fuzzing::charsmap(rest, TEXT);
         return;
@@ -33,7 +38,9 @@ fuzz_target!(|data: &[u8]| {
     let mut blob = base().to_vec();
     let mut i = 0;
     while i + 4 <= rest.len() && rest[i] != 0xFF {
-        let off = (usize::from(rest[i]) << 16 | usize::from(rest[i + 1]) << 8 | usize::from(rest[i + 2])) % blob.len();
+        let off =
+            (usize::from(rest[i]) << 16 | usize::from(rest[i + 1]) << 8 | usize::from(rest[i + 2]))
+                % blob.len();
         blob[off] ^= rest[i + 3];
         i += 4;
     }

@@ -12,9 +12,12 @@ use libfuzzer_sys::fuzz_target;
 fn tok() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let path = std::env::var_os("BAICHUAN_FUZZ_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spm-models/baichuan-7b.model")
-        });
+        let path = std::env::var_os("BAICHUAN_FUZZ_MODEL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../shared/spm-models/baichuan-7b.model")
+            });
         Tokenizer::from_file(&path).expect("BAICHUAN_FUZZ_MODEL must name a BPE .model file")
     })
 }

@@ -20,7 +20,11 @@ fn main() {
         let tok = Tokenizer::from_file(std::path::Path::new(&args[1])).expect("load");
         let load = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let n: usize = tok.encode_batch(&texts, threads.or(Some(1))).iter().map(Vec::len).sum();
+        let n: usize = tok
+            .encode_batch(&texts, threads.or(Some(1)))
+            .iter()
+            .map(Vec::len)
+            .sum();
         let cold = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
         let _ = tok.encode_batch(&texts, threads.or(Some(1)));

@@ -84,7 +84,11 @@ impl Bpe {
                 len = lead_len(text[pos], n - pos);
             }
             let i = syms.len() as u32;
-            let id = if frozen { NONE } else { char_id(tok, &text[pos..pos + len]) };
+            let id = if frozen {
+                NONE
+            } else {
+                char_id(tok, &text[pos..pos + len])
+            };
             syms.push(Sym {
                 start: pos as u32,
                 end: (pos + len) as u32,
@@ -98,7 +102,11 @@ impl Bpe {
         if let Some(last) = syms.last_mut() {
             last.next = NONE;
         }
-        let mut rev: Option<Rev<'_>> = if tok.has_unused { Some(FxMap::default()) } else { None };
+        let mut rev: Option<Rev<'_>> = if tok.has_unused {
+            Some(FxMap::default())
+        } else {
+            None
+        };
 
         if syms.len() <= LINEAR_MAX && rev.is_none() {
             self.linear(tok, text);
@@ -126,10 +134,15 @@ impl Bpe {
         }
         if l.id != NONE && r.id != NONE {
             // Both are pieces: the pair table holds every mergeable concatenation of two pieces.
-            return tok.pairs.get(&((u64::from(l.id) << 32) | u64::from(r.id))).copied();
+            return tok
+                .pairs
+                .get(&((u64::from(l.id) << 32) | u64::from(r.id)))
+                .copied();
         }
         // A character that is not a mergeable piece (rare): look the string up.
-        tok.merge.get(&text[l.start as usize..r.end as usize]).copied()
+        tok.merge
+            .get(&text[l.start as usize..r.end as usize])
+            .copied()
     }
 
     /// Few symbols: keep the score of each adjacent pair and scan for the best one.
@@ -138,7 +151,11 @@ impl Bpe {
         let pair = &mut self.pair;
         pair.clear();
         for i in 0..syms.len() {
-            let p = if i + 1 < syms.len() { Self::score_of(tok, text, &syms[i], &syms[i + 1]) } else { None };
+            let p = if i + 1 < syms.len() {
+                Self::score_of(tok, text, &syms[i], &syms[i + 1])
+            } else {
+                None
+            };
             pair.push(p.map(|x| x.0));
         }
         loop {
@@ -165,10 +182,15 @@ impl Bpe {
             }
             pair[r] = None;
             let nx = syms[l].next;
-            pair[l] = if nx == NONE { None } else { Self::score_of(tok, text, &syms[l], &syms[nx as usize]).map(|x| x.0) };
+            pair[l] = if nx == NONE {
+                None
+            } else {
+                Self::score_of(tok, text, &syms[l], &syms[nx as usize]).map(|x| x.0)
+            };
             let pv = syms[l].prev;
             if pv != NONE {
-                pair[pv as usize] = Self::score_of(tok, text, &syms[pv as usize], &syms[l]).map(|x| x.0);
+                pair[pv as usize] =
+                    Self::score_of(tok, text, &syms[pv as usize], &syms[l]).map(|x| x.0);
             }
         }
     }
@@ -177,10 +199,19 @@ impl Bpe {
         let syms = &mut self.syms;
         let heap = &mut self.heap;
         heap.clear();
-        let push = |heap: &mut BinaryHeap<Cand>, rev: &mut Option<Rev<'a>>, syms: &[Sym], l: u32, r: u32| {
+        let push = |heap: &mut BinaryHeap<Cand>,
+                    rev: &mut Option<Rev<'a>>,
+                    syms: &[Sym],
+                    l: u32,
+                    r: u32| {
             let (ls, rs) = (&syms[l as usize], &syms[r as usize]);
             if let Some((score, id)) = Self::score_of(tok, text, ls, rs) {
-                heap.push(Cand { score, left_rev: !l, right: r, size: rs.end - ls.start });
+                heap.push(Cand {
+                    score,
+                    left_rev: !l,
+                    right: r,
+                    size: rs.end - ls.start,
+                });
                 if let Some(rev) = rev.as_mut() {
                     if tok.kind(id) == PieceType::Unused {
                         rev.insert(
@@ -198,7 +229,10 @@ impl Bpe {
             let l = !top.left_rev as usize;
             let r = top.right as usize;
             let (ls, rs) = (syms[l], syms[r]);
-            if ls.start == ls.end || rs.start == rs.end || (ls.end - ls.start) + (rs.end - rs.start) != top.size {
+            if ls.start == ls.end
+                || rs.start == rs.end
+                || (ls.end - ls.start) + (rs.end - rs.start) != top.size
+            {
                 continue;
             }
             syms[l].end = rs.end;
@@ -248,7 +282,14 @@ fn top_id(tok: &Tokenizer, text: &[u8], l: &Sym, r: &Sym) -> u32 {
 }
 
 /// Resegments UNUSED pieces and classifies the symbol (notes §3.6).
-fn emit(tok: &Tokenizer, text: &[u8], r: (u32, u32), depth: u32, rev: Option<&Rev<'_>>, out: &mut Vec<Tok>) {
+fn emit(
+    tok: &Tokenizer,
+    text: &[u8],
+    r: (u32, u32),
+    depth: u32,
+    rev: Option<&Rev<'_>>,
+    out: &mut Vec<Tok>,
+) {
     let w = &text[r.0 as usize..r.1 as usize];
     let id = tok.lookup(w);
     if depth > MAX_RESEG_DEPTH {

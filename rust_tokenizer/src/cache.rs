@@ -53,7 +53,8 @@ impl ChunkCache {
 
     #[inline]
     fn slot(k: u128) -> usize {
-        let h = ((k as u64) ^ ((k >> 64) as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h =
+            ((k as u64) ^ ((k >> 64) as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         (h >> (64 - L1_BITS)) as usize
     }
 
@@ -80,7 +81,9 @@ impl ChunkCache {
     }
 
     pub fn insert(&mut self, chunk: &[u8], ids: &[u32]) {
-        if self.small.len() + self.big.len() >= MAX_ENTRIES || self.arena.len() + ids.len() > MAX_ARENA {
+        if self.small.len() + self.big.len() >= MAX_ENTRIES
+            || self.arena.len() + ids.len() > MAX_ARENA
+        {
             self.clear();
         }
         let v = (self.arena.len() as u32, ids.len() as u32);

@@ -28,7 +28,8 @@ impl Hasher for FxHasher {
         }
         if bytes.len() >= 4 {
             let lo = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as u64;
-            let hi = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes")) as u64;
+            let hi =
+                u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes")) as u64;
             self.add(lo | (hi << 32));
         } else if !bytes.is_empty() {
             let a = bytes[0] as u64;

@@ -29,7 +29,9 @@ pub fn valid_char_len(s: &[u8]) -> Option<usize> {
         None
     } else if b0 & 0xF0 == 0xE0 {
         if cont(1) && cont(2) {
-            let cp = (u32::from(b0 & 0x0F) << 12) | (u32::from(s[1] & 0x3F) << 6) | u32::from(s[2] & 0x3F);
+            let cp = (u32::from(b0 & 0x0F) << 12)
+                | (u32::from(s[1] & 0x3F) << 6)
+                | u32::from(s[2] & 0x3F);
             if cp >= 0x800 && !(0xD800..=0xDFFF).contains(&cp) {
                 return Some(3);
             }
@@ -118,14 +120,22 @@ impl CharsMap {
     /// Parses and validates the blob (§2.1).
     pub fn parse(blob: &[u8]) -> Result<Self, String> {
         if blob.len() <= 4 {
-            return Err(format!("precompiled_charsmap is too short ({} bytes)", blob.len()));
+            return Err(format!(
+                "precompiled_charsmap is too short ({} bytes)",
+                blob.len()
+            ));
         }
         let t = u32::from_le_bytes(blob[..4].try_into().expect("4 bytes")) as usize;
         if t >= blob.len() - 4 {
-            return Err(format!("precompiled_charsmap trie size {t} exceeds the blob ({} bytes)", blob.len()));
+            return Err(format!(
+                "precompiled_charsmap trie size {t} exceeds the blob ({} bytes)",
+                blob.len()
+            ));
         }
-        if t < 1024 || t % 1024 != 0 {
-            return Err(format!("precompiled_charsmap trie size {t} is not a positive multiple of 1024"));
+        if t < 1024 || !t.is_multiple_of(1024) {
+            return Err(format!(
+                "precompiled_charsmap trie size {t} is not a positive multiple of 1024"
+            ));
         }
         let units: Vec<u32> = blob[4..4 + t]
             .chunks_exact(4)
@@ -152,20 +162,29 @@ impl CharsMap {
                 root_child[b] = label(u) == b as u32;
             }
         }
-        let mut cm = CharsMap { units, pool, root_child, bmp: Vec::new() };
+        let mut cm = CharsMap {
+            units,
+            pool,
+            root_child,
+            bmp: Vec::new(),
+        };
         cm.bmp = (0..0x10000u32).map(|cp| cm.classify(cp)).collect();
         Ok(cm)
     }
 
     fn classify(&self, cp: u32) -> u32 {
-        let Some(c) = char::from_u32(cp) else { return BMP_SLOW };
+        let Some(c) = char::from_u32(cp) else {
+            return BMP_SLOW;
+        };
         let mut buf = [0u8; 4];
         let bytes = c.encode_utf8(&mut buf).as_bytes();
         let units = &self.units;
         let mut pos = offset(units[0]);
         for (i, &b) in bytes.iter().enumerate() {
             pos ^= b as usize;
-            let Some(&u) = units.get(pos) else { return BMP_PLAIN };
+            let Some(&u) = units.get(pos) else {
+                return BMP_PLAIN;
+            };
             if label(u) != u32::from(b) {
                 return BMP_PLAIN;
             }
@@ -265,7 +284,9 @@ impl Normalizer {
             if s.len() < 3 || s[1] & 0xC0 != 0x80 || s[2] & 0xC0 != 0x80 {
                 return None;
             }
-            let cp = (u32::from(b & 0x0F) << 12) | (u32::from(s[1] & 0x3F) << 6) | u32::from(s[2] & 0x3F);
+            let cp = (u32::from(b & 0x0F) << 12)
+                | (u32::from(s[1] & 0x3F) << 6)
+                | u32::from(s[2] & 0x3F);
             if cp < 0x800 || (0xD800..=0xDFFF).contains(&cp) {
                 return None;
             }
@@ -282,7 +303,9 @@ impl Normalizer {
         } else {
             return None;
         };
-        let Some(cm) = &self.charsmap else { return Some(len) };
+        let Some(cm) = &self.charsmap else {
+            return Some(len);
+        };
         match cm.bmp[cp as usize] {
             BMP_PLAIN => Some(len),
             BMP_SLOW => None,
@@ -424,7 +447,10 @@ mod tests {
         };
         let mut out = Vec::new();
         n.normalize(b"  the   fox  ", None, &mut out);
-        assert_eq!(String::from_utf8(out.clone()).unwrap(), "\u{2581}the\u{2581}fox");
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "\u{2581}the\u{2581}fox"
+        );
         n.normalize(b"   ", None, &mut out);
         assert!(out.is_empty());
     }

@@ -36,7 +36,10 @@ impl<'a> Reader<'a> {
                 return Ok(out);
             }
         }
-        Err(format!("varint longer than 10 bytes ending at byte {}", self.pos))
+        Err(format!(
+            "varint longer than 10 bytes ending at byte {}",
+            self.pos
+        ))
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
@@ -74,14 +77,19 @@ impl<'a> Reader<'a> {
             }
             2 => {
                 let len = self.varint()?;
-                let len = usize::try_from(len).map_err(|_| format!("length {len} too large at byte {start}"))?;
+                let len = usize::try_from(len)
+                    .map_err(|_| format!("length {len} too large at byte {start}"))?;
                 Value::Bytes(self.take(len)?)
             }
             5 => {
                 let b = self.take(4)?;
                 Value::Fixed32(u32::from_le_bytes(b.try_into().expect("4 bytes")))
             }
-            w => return Err(format!("unsupported wire type {w} (field {field}) at byte {start}")),
+            w => {
+                return Err(format!(
+                    "unsupported wire type {w} (field {field}) at byte {start}"
+                ))
+            }
         };
         Ok(Some((field as u32, value)))
     }
@@ -175,7 +183,11 @@ pub struct ModelProto {
 }
 
 fn parse_piece(buf: &[u8]) -> Result<PieceProto, String> {
-    let mut p = PieceProto { piece: Vec::new(), score: 0.0, kind: PieceType::Normal };
+    let mut p = PieceProto {
+        piece: Vec::new(),
+        score: 0.0,
+        kind: PieceType::Normal,
+    };
     let mut r = Reader::new(buf);
     while let Some((field, v)) = r.next_field()? {
         match (field, v) {
@@ -233,12 +245,14 @@ pub fn parse_model(buf: &[u8]) -> Result<ModelProto, String> {
         match (field, v) {
             (1, Value::Bytes(b)) => {
                 let idx = m.pieces.len();
-                m.pieces.push(parse_piece(b).map_err(|e| format!("piece {idx}: {e}"))?);
+                m.pieces
+                    .push(parse_piece(b).map_err(|e| format!("piece {idx}: {e}"))?);
             }
-            (2, Value::Bytes(b)) => parse_trainer(b, &mut m.trainer).map_err(|e| format!("trainer_spec: {e}"))?,
-            (3, Value::Bytes(b)) => {
-                parse_normalizer(b, &mut m.normalizer).map_err(|e| format!("normalizer_spec: {e}"))?
+            (2, Value::Bytes(b)) => {
+                parse_trainer(b, &mut m.trainer).map_err(|e| format!("trainer_spec: {e}"))?
             }
+            (3, Value::Bytes(b)) => parse_normalizer(b, &mut m.normalizer)
+                .map_err(|e| format!("normalizer_spec: {e}"))?,
             (5, Value::Bytes(b)) => {
                 let d = m.denormalizer.get_or_insert_with(NormalizerProto::default);
                 parse_normalizer(b, d).map_err(|e| format!("denormalizer_spec: {e}"))?

@@ -2,8 +2,8 @@
 //! call releases the GIL, and no Rust panic crosses into Python (encode paths run under
 //! `catch_unwind` and a panic becomes `TokenizerError`).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -68,7 +68,10 @@ fn text_arg(obj: &Bound<'_, PyAny>) -> PyResult<Text> {
     }
     Err(PyTypeError::new_err(format!(
         "input must be str or bytes, not {}",
-        obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        obj.get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default()
     )))
 }
 
@@ -82,7 +85,11 @@ fn threads_arg(n: Option<i64>) -> Option<usize> {
 
 fn id_arg(tok: &Tokenizer, id: i64) -> PyResult<u32> {
     if id < 0 || id >= tok.vocab_size() as i64 {
-        return Err(Error::IdOutOfRange { id, vocab_size: tok.vocab_size() }.into());
+        return Err(Error::IdOutOfRange {
+            id,
+            vocab_size: tok.vocab_size(),
+        }
+        .into());
     }
     Ok(id as u32)
 }
@@ -109,11 +116,18 @@ impl PyTokenizer {
         let ints = (0..tok.vocab_size() as u64)
             .map(|i| Ok(i.into_pyobject(py)?.into_any().unbind()))
             .collect::<PyResult<Vec<_>>>()?;
-        Ok(PyTokenizer { inner: Arc::new(tok), origin, ints })
+        Ok(PyTokenizer {
+            inner: Arc::new(tok),
+            origin,
+            ints,
+        })
     }
 
     fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(py, ids.iter().map(|&i| self.ints[i as usize].bind(py).clone()))
+        PyList::new(
+            py,
+            ids.iter().map(|&i| self.ints[i as usize].bind(py).clone()),
+        )
     }
 }
 
@@ -131,11 +145,16 @@ impl PyTokenizer {
     #[staticmethod]
     #[pyo3(signature = (data, origin = "<bytes>".to_string()))]
     fn from_bytes(py: Python<'_>, data: PyBackedBytes, origin: String) -> PyResult<Self> {
-        let tok = py.detach(|| guarded("from_bytes", || Tokenizer::from_bytes(&data, &origin)))??;
+        let tok =
+            py.detach(|| guarded("from_bytes", || Tokenizer::from_bytes(&data, &origin)))??;
         PyTokenizer::new(py, tok, origin)
     }
 
-    fn encode<'py>(&self, py: Python<'py>, text: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        text: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let t = text_arg(text)?;
         let tok = &self.inner;
         let ids = py.detach(|| guarded("encode", || tok.encode_bytes(t.as_ref())))?;
@@ -149,7 +168,10 @@ impl PyTokenizer {
         texts: Vec<Bound<'py, PyAny>>,
         num_threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let ts = texts.iter().map(text_arg).collect::<PyResult<Vec<Text>>>()?;
+        let ts = texts
+            .iter()
+            .map(text_arg)
+            .collect::<PyResult<Vec<Text>>>()?;
         drop(texts);
         let tok = &self.inner;
         let n = threads_arg(num_threads);
@@ -181,7 +203,9 @@ impl PyTokenizer {
                 let mut next = 0usize;
                 let mut err: Option<PyErr> = None;
                 let rx = Mutex::new(rx);
-                while let Ok((i, b)) = py.detach(|| rx.lock().unwrap_or_else(|e| e.into_inner()).recv()) {
+                while let Ok((i, b)) =
+                    py.detach(|| rx.lock().unwrap_or_else(|e| e.into_inner()).recv())
+                {
                     pending.insert(i, b);
                     while let Some(b) = pending.remove(&next) {
                         next += 1;
@@ -199,13 +223,15 @@ impl PyTokenizer {
                     }
                 }
                 if worker.join().is_err() {
-                    return Err(TokenizerError::new_err("internal error in encode_batch: a worker panicked"));
+                    return Err(TokenizerError::new_err(
+                        "internal error in encode_batch: a worker panicked",
+                    ));
                 }
                 match err {
                     Some(e) => Err(e),
-                    None if lists.len() != ts.len() => {
-                        Err(TokenizerError::new_err("internal error in encode_batch: blocks missing"))
-                    }
+                    None if lists.len() != ts.len() => Err(TokenizerError::new_err(
+                        "internal error in encode_batch: blocks missing",
+                    )),
                     None => Ok(()),
                 }
             })
@@ -223,14 +249,20 @@ impl PyTokenizer {
         texts: Vec<Bound<'py, PyAny>>,
         num_threads: Option<i64>,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-        let ts = texts.iter().map(text_arg).collect::<PyResult<Vec<Text>>>()?;
+        let ts = texts
+            .iter()
+            .map(text_arg)
+            .collect::<PyResult<Vec<Text>>>()?;
         let tok = &self.inner;
         let n = threads_arg(num_threads);
         let (ids, offsets) = py.detach(|| {
             guarded("encode_batch_flat", || {
                 let (ids, offs) = tok.encode_batch_flat(&ts, n);
                 let ids: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
-                let offs: Vec<u8> = offs.iter().flat_map(|&x| (x as i64).to_le_bytes()).collect();
+                let offs: Vec<u8> = offs
+                    .iter()
+                    .flat_map(|&x| (x as i64).to_le_bytes())
+                    .collect();
                 (ids, offs)
             })
         })?;
@@ -252,24 +284,43 @@ impl PyTokenizer {
 
     fn decode(&self, py: Python<'_>, ids: Vec<i64>) -> PyResult<String> {
         let tok = &self.inner;
-        let ids = ids.iter().map(|&i| id_arg(tok, i)).collect::<PyResult<Vec<u32>>>()?;
+        let ids = ids
+            .iter()
+            .map(|&i| id_arg(tok, i))
+            .collect::<PyResult<Vec<u32>>>()?;
         Ok(py.detach(|| guarded("decode", || tok.decode(&ids)))??)
     }
 
     #[pyo3(signature = (seqs, num_threads = None))]
-    fn decode_batch(&self, py: Python<'_>, seqs: Vec<Vec<i64>>, num_threads: Option<i64>) -> PyResult<Vec<String>> {
+    fn decode_batch(
+        &self,
+        py: Python<'_>,
+        seqs: Vec<Vec<i64>>,
+        num_threads: Option<i64>,
+    ) -> PyResult<Vec<String>> {
         let tok = &self.inner;
         let seqs = seqs
             .iter()
-            .map(|s| s.iter().map(|&i| id_arg(tok, i)).collect::<PyResult<Vec<u32>>>())
+            .map(|s| {
+                s.iter()
+                    .map(|&i| id_arg(tok, i))
+                    .collect::<PyResult<Vec<u32>>>()
+            })
             .collect::<PyResult<Vec<Vec<u32>>>>()?;
         let n = threads_arg(num_threads);
         Ok(py.detach(|| guarded("decode_batch", || tok.decode_batch(&seqs, n)))??)
     }
 
-    fn decode_to_bytes<'py>(&self, py: Python<'py>, ids: Vec<i64>) -> PyResult<Bound<'py, PyBytes>> {
+    fn decode_to_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Vec<i64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let tok = &self.inner;
-        let ids = ids.iter().map(|&i| id_arg(tok, i)).collect::<PyResult<Vec<u32>>>()?;
+        let ids = ids
+            .iter()
+            .map(|&i| id_arg(tok, i))
+            .collect::<PyResult<Vec<u32>>>()?;
         let v = py.detach(|| guarded("decode", || tok.decode_to_bytes(&ids)))??;
         Ok(PyBytes::new(py, &v))
     }
@@ -285,7 +336,9 @@ impl PyTokenizer {
 
     fn score(&self, id: i64) -> PyResult<f32> {
         let id = id_arg(&self.inner, id)?;
-        self.inner.score(id).ok_or_else(|| PyValueError::new_err("no score"))
+        self.inner
+            .score(id)
+            .ok_or_else(|| PyValueError::new_err("no score"))
     }
 
     #[getter]
@@ -322,7 +375,11 @@ impl PyTokenizer {
     }
 
     fn __repr__(&self) -> String {
-        format!("Tokenizer(origin={:?}, vocab_size={})", self.origin, self.inner.vocab_size())
+        format!(
+            "Tokenizer(origin={:?}, vocab_size={})",
+            self.origin,
+            self.inner.vocab_size()
+        )
     }
 }
 

@@ -118,7 +118,10 @@ thread_local! {
 }
 
 fn invalid(origin: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidModel { origin: origin.to_string(), reason: reason.into() }
+    Error::InvalidModel {
+        origin: origin.to_string(),
+        reason: reason.into(),
+    }
 }
 
 fn show(b: &[u8]) -> String {
@@ -179,13 +182,17 @@ fn pool_for(threads: usize) -> std::result::Result<Arc<rayon::ThreadPool>, Strin
 impl Tokenizer {
     /// Reads a SentencePiece `.model` file (a serialized `ModelProto`).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 
     /// Parses a serialized `ModelProto`; `origin` names it in errors (usually the file path).
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
-        let m = parse_model(bytes).map_err(|r| invalid(origin, format!("cannot parse ModelProto: {r}")))?;
+        let m = parse_model(bytes)
+            .map_err(|r| invalid(origin, format!("cannot parse ModelProto: {r}")))?;
         if m.trainer.model_type != 2 {
             let name = match m.trainer.model_type {
                 1 => "UNIGRAM".to_string(),
@@ -193,13 +200,20 @@ impl Tokenizer {
                 4 => "CHAR".to_string(),
                 n => format!("{n} (unknown)"),
             };
-            return Err(Error::UnsupportedModelType { origin: origin.to_string(), model_type: name });
+            return Err(Error::UnsupportedModelType {
+                origin: origin.to_string(),
+                model_type: name,
+            });
         }
         let bf = m.trainer.byte_fallback;
         let mut pieces: Vec<Piece> = m
             .pieces
             .into_iter()
-            .map(|p| Piece { text: p.piece.into_boxed_slice(), score: p.score, kind: p.kind })
+            .map(|p| Piece {
+                text: p.piece.into_boxed_slice(),
+                score: p.score,
+                kind: p.kind,
+            })
             .collect();
         if pieces.len() > u32::MAX as usize / 2 {
             return Err(invalid(origin, "too many pieces"));
@@ -223,7 +237,10 @@ impl Tokenizer {
             let id = i as u32;
             let t = &*p.text;
             if t.len() >= MAX_PIECE_BYTES {
-                return Err(invalid(origin, format!("piece {i} is too long ({} bytes)", t.len())));
+                return Err(invalid(
+                    origin,
+                    format!("piece {i} is too long ({} bytes)", t.len()),
+                ));
             }
             if t.is_empty() {
                 return Err(invalid(origin, format!("piece {i} must not be empty")));
@@ -232,10 +249,16 @@ impl Tokenizer {
                 continue;
             }
             if t.contains(&0) {
-                return Err(invalid(origin, format!("piece {i} must not include null character")));
+                return Err(invalid(
+                    origin,
+                    format!("piece {i} must not include null character"),
+                ));
             }
             if map.insert(t.into(), id).is_some() {
-                return Err(invalid(origin, format!("piece {i} ({}) is already defined", show(t))));
+                return Err(invalid(
+                    origin,
+                    format!("piece {i} ({}) is already defined", show(t)),
+                ));
             }
             match p.kind {
                 PieceType::Normal | PieceType::UserDefined | PieceType::Unused => {
@@ -249,7 +272,10 @@ impl Tokenizer {
                 }
                 PieceType::Unknown => {
                     if unk_index.is_some() {
-                        return Err(invalid(origin, format!("piece {i}: unk is already defined")));
+                        return Err(invalid(
+                            origin,
+                            format!("piece {i}: unk is already defined"),
+                        ));
                     }
                     unk_index = Some(id);
                 }
@@ -257,11 +283,17 @@ impl Tokenizer {
                     if !bf {
                         return Err(invalid(
                             origin,
-                            format!("piece {i} ({}) is a byte piece but byte_fallback is off", show(t)),
+                            format!(
+                                "piece {i} ({}) is a byte piece but byte_fallback is off",
+                                show(t)
+                            ),
                         ));
                     }
                     let Some(b) = parse_byte_piece(t) else {
-                        return Err(invalid(origin, format!("piece {i} ({}) is not a <0xHH> byte piece", show(t))));
+                        return Err(invalid(
+                            origin,
+                            format!("piece {i} ({}) is not a <0xHH> byte piece", show(t)),
+                        ));
                     };
                     byte_ids[b as usize] = id;
                     byte_value[i] = b;
@@ -273,9 +305,16 @@ impl Tokenizer {
             return Err(invalid(origin, "unk is not defined"));
         }
         if bf && byte_ids.contains(&u32::MAX) {
-            return Err(invalid(origin, "byte_fallback is on but there are not 256 byte pieces <0x00>..<0xFF>"));
+            return Err(invalid(
+                origin,
+                "byte_fallback is on but there are not 256 byte pieces <0x00>..<0xFF>",
+            ));
         }
-        let ud = if ud_words.is_empty() { None } else { Some(PrefixMatcher::new(ud_words.iter().copied())) };
+        let ud = if ud_words.is_empty() {
+            None
+        } else {
+            Some(PrefixMatcher::new(ud_words.iter().copied()))
+        };
 
         let lookup = |s: &[u8]| map.get(s).copied().or(unk_index);
         let kind_of = |id: u32| pieces[id as usize].kind;
@@ -288,7 +327,9 @@ impl Tokenizer {
         let wsfx = m.trainer.treat_whitespace_as_suffix;
         let normalizer = build_normalizer(&m.normalizer, wsfx, origin)?;
         let denormalizer = match &m.denormalizer {
-            Some(d) if !d.precompiled_charsmap.is_empty() => Some(build_normalizer(d, false, origin)?),
+            Some(d) if !d.precompiled_charsmap.is_empty() => {
+                Some(build_normalizer(d, false, origin)?)
+            }
             _ => None,
         };
 
@@ -381,7 +422,11 @@ impl Tokenizer {
 
     /// Encodes many texts in parallel; the result equals per-text [`Tokenizer::encode_bytes`].
     /// `num_threads`: `None` = all cores (rayon's global pool), `Some(0)` is treated as 1.
-    pub fn encode_batch<T: AsRef<[u8]> + Sync>(&self, texts: &[T], num_threads: Option<usize>) -> Vec<Vec<u32>> {
+    pub fn encode_batch<T: AsRef<[u8]> + Sync>(
+        &self,
+        texts: &[T],
+        num_threads: Option<usize>,
+    ) -> Vec<Vec<u32>> {
         let mut out = Vec::with_capacity(texts.len());
         for b in self.encode_blocks(texts, num_threads) {
             out.extend(b.iter().map(<[u32]>::to_vec));
@@ -411,7 +456,11 @@ impl Tokenizer {
 
     /// Encodes `texts` in parallel in blocks of consecutive texts, each block's ids in one
     /// buffer (no allocation per text). Blocks come back in order.
-    pub fn encode_blocks<T: AsRef<[u8]> + Sync>(&self, texts: &[T], num_threads: Option<usize>) -> Vec<IdBlock> {
+    pub fn encode_blocks<T: AsRef<[u8]> + Sync>(
+        &self,
+        texts: &[T],
+        num_threads: Option<usize>,
+    ) -> Vec<IdBlock> {
         let mut out: Vec<(usize, IdBlock)> = Vec::new();
         let sink = Mutex::new(&mut out);
         self.encode_blocks_with(texts, num_threads, |i, b| {
@@ -443,7 +492,10 @@ impl Tokenizer {
             let block = Self::block_size(texts.len(), rayon::current_num_threads());
             texts.par_chunks(block).enumerate().for_each(|(i, chunk)| {
                 let bytes: usize = chunk.iter().map(|t| t.as_ref().len()).sum();
-                let mut b = IdBlock { ids: Vec::with_capacity(bytes / 3 + 8), ends: Vec::with_capacity(chunk.len()) };
+                let mut b = IdBlock {
+                    ids: Vec::with_capacity(bytes / 3 + 8),
+                    ends: Vec::with_capacity(chunk.len()),
+                };
                 for t in chunk {
                     self.encode_into(t.as_ref(), &mut b.ids);
                     b.ends.push(b.ids.len());
@@ -485,7 +537,8 @@ impl Tokenizer {
             return Vec::new();
         }
         let mut s = Scratch::default();
-        self.normalizer.normalize(text, self.ud.as_ref(), &mut s.norm);
+        self.normalizer
+            .normalize(text, self.ud.as_ref(), &mut s.norm);
         let norm = std::mem::take(&mut s.norm);
         let mut prev_unk = false;
         let mut emit = |toks: &[Tok], base: &[u8], out: &mut Vec<Vec<u8>>| {
@@ -499,7 +552,11 @@ impl Tokenizer {
                         let w = &base[a as usize..b as usize];
                         if self.byte_fallback {
                             for &c in w {
-                                out.push(self.pieces[self.byte_ids[c as usize] as usize].text.to_vec());
+                                out.push(
+                                    self.pieces[self.byte_ids[c as usize] as usize]
+                                        .text
+                                        .to_vec(),
+                                );
                             }
                         } else if prev_unk {
                             if let Some(last) = out.last_mut() {
@@ -513,19 +570,19 @@ impl Tokenizer {
                 }
             }
         };
-        self.for_each_chunk(&norm, |piece, frozen_id| {
-            match frozen_id {
-                Some(id) => emit(&[Tok::Id(id)], piece, &mut out),
-                None => {
-                    s.toks.clear();
-                    s.bpe.run(self, piece, self.chunk.is_none(), &mut s.toks);
-                    let toks = std::mem::take(&mut s.toks);
-                    emit(&toks, piece, &mut out);
-                    s.toks = toks;
-                }
+        self.for_each_chunk(&norm, |piece, frozen_id| match frozen_id {
+            Some(id) => emit(&[Tok::Id(id)], piece, &mut out),
+            None => {
+                s.toks.clear();
+                s.bpe.run(self, piece, self.chunk.is_none(), &mut s.toks);
+                let toks = std::mem::take(&mut s.toks);
+                emit(&toks, piece, &mut out);
+                s.toks = toks;
             }
         });
-        out.into_iter().map(|p| String::from_utf8_lossy(&p).into_owned()).collect()
+        out.into_iter()
+            .map(|p| String::from_utf8_lossy(&p).into_owned())
+            .collect()
     }
 
     /// SentencePiece's `normalize(text)`.
@@ -558,7 +615,11 @@ impl Tokenizer {
                 }
                 Tok::Unk(a, b) => {
                     if self.byte_fallback {
-                        out.extend(norm[a as usize..b as usize].iter().map(|&c| self.byte_ids[c as usize]));
+                        out.extend(
+                            norm[a as usize..b as usize]
+                                .iter()
+                                .map(|&c| self.byte_ids[c as usize]),
+                        );
                     } else if !prev_unk {
                         out.push(unk);
                         prev_unk = true;
@@ -604,7 +665,11 @@ impl Tokenizer {
             }
             let clen = lead_len(b, n - pos);
             let c = pack_char(&norm[pos..pos + clen]);
-            if pos > start && !rule.adjacent.contains(&((u64::from(prev_char) << 32) | u64::from(c))) {
+            if pos > start
+                && !rule
+                    .adjacent
+                    .contains(&((u64::from(prev_char) << 32) | u64::from(c)))
+            {
                 f(&norm[start..pos], None);
                 start = pos;
             }
@@ -644,7 +709,11 @@ impl Tokenizer {
             }
             if cache_ok && chunk.len() <= MAX_CACHED_CHUNK {
                 if let Some(ids) = s.cache.get(chunk) {
-                    let skip = usize::from(fuse && out.len() > base && ids.first() == Some(&unk) && out.last() == Some(&unk));
+                    let skip = usize::from(
+                        fuse && out.len() > base
+                            && ids.first() == Some(&unk)
+                            && out.last() == Some(&unk),
+                    );
                     let ids = &ids[skip..];
                     if ids.len() <= 4 {
                         // Tiny copies: pushes beat a memmove call.
@@ -682,7 +751,12 @@ impl Tokenizer {
             if cache_ok && chunk.len() <= MAX_CACHED_CHUNK {
                 s.cache.insert(chunk, &out[start..]);
             }
-            if fuse && start > base && out.len() > start && out[start] == unk && out[start - 1] == unk {
+            if fuse
+                && start > base
+                && out.len() > start
+                && out[start] == unk
+                && out[start - 1] == unk
+            {
                 out.remove(start);
             }
         });
@@ -695,8 +769,16 @@ impl Tokenizer {
     }
 
     /// Decodes many id sequences in parallel (each one on its own, as `decode(list_of_lists)`).
-    pub fn decode_batch<T: AsRef<[u32]> + Sync>(&self, seqs: &[T], num_threads: Option<usize>) -> Result<Vec<String>> {
-        let run = || seqs.par_iter().map(|s| self.decode(s.as_ref())).collect::<Result<Vec<String>>>();
+    pub fn decode_batch<T: AsRef<[u32]> + Sync>(
+        &self,
+        seqs: &[T],
+        num_threads: Option<usize>,
+    ) -> Result<Vec<String>> {
+        let run = || {
+            seqs.par_iter()
+                .map(|s| self.decode(s.as_ref()))
+                .collect::<Result<Vec<String>>>()
+        };
         self.in_pool(num_threads, run)
     }
 
@@ -704,10 +786,14 @@ impl Tokenizer {
     pub fn decode_to_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
         for &id in ids {
             if id as usize >= self.pieces.len() {
-                return Err(Error::IdOutOfRange { id: id as i64, vocab_size: self.pieces.len() });
+                return Err(Error::IdOutOfRange {
+                    id: id as i64,
+                    vocab_size: self.pieces.len(),
+                });
             }
         }
-        let strip_start = self.normalizer.add_dummy_prefix || self.normalizer.remove_extra_whitespaces;
+        let strip_start =
+            self.normalizer.add_dummy_prefix || self.normalizer.remove_extra_whitespaces;
         let rew = self.normalizer.remove_extra_whitespaces;
         let mut out: Vec<u8> = Vec::new();
         let mut bytes_q: Vec<u8> = Vec::new();
@@ -786,7 +872,10 @@ impl Tokenizer {
         self.pieces
             .get(id as usize)
             .map(|p| String::from_utf8_lossy(&p.text).into_owned())
-            .ok_or(Error::IdOutOfRange { id: i64::from(id), vocab_size: self.pieces.len() })
+            .ok_or(Error::IdOutOfRange {
+                id: i64::from(id),
+                vocab_size: self.pieces.len(),
+            })
     }
 
     /// `PieceToId`: the id of a piece string (any type), else the unknown piece's id.

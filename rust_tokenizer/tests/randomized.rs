@@ -62,7 +62,11 @@ fn truncated_and_mutated_real_models_never_panic() {
     };
     let mut rng = Rng(42);
     for i in 0..40 {
-        let cut = if i < 20 { rng.below(data.len()) } else { data.len() - 1 - rng.below(4096) };
+        let cut = if i < 20 {
+            rng.below(data.len())
+        } else {
+            data.len() - 1 - rng.below(4096)
+        };
         if let Ok(tok) = Tokenizer::from_bytes(&data[..cut], "cut.model") {
             let _ = tok.encode("Hello 世界 \u{1F999}");
         }
@@ -108,14 +112,17 @@ fn random_charsmaps_never_panic() {
 
 fn random_text(rng: &mut Rng, pieces: &[String]) -> Vec<u8> {
     const ATOMS: &[&str] = &[
-        " ", "  ", "\u{2581}", "\n", "\t", "\r\n", "a", "x", "the", "中", "的", "，", "。", "1", "２", "\u{3000}",
-        "\u{a0}", "\u{301}", "ｶ", "ﾞ", "\u{200d}", "👨", "\u{fe0f}", "\0", "\u{1}", "<s>", "<br>", "½", "ﬁ",
+        " ", "  ", "\u{2581}", "\n", "\t", "\r\n", "a", "x", "the", "中", "的", "，", "。", "1",
+        "２", "\u{3000}", "\u{a0}", "\u{301}", "ｶ", "ﾞ", "\u{200d}", "👨", "\u{fe0f}", "\0",
+        "\u{1}", "<s>", "<br>", "½", "ﬁ",
     ];
     let mut out = Vec::new();
     for _ in 0..rng.below(60) {
         match rng.below(4) {
             0 => out.extend_from_slice(ATOMS[rng.below(ATOMS.len())].as_bytes()),
-            1 if !pieces.is_empty() => out.extend_from_slice(pieces[rng.below(pieces.len())].as_bytes()),
+            1 if !pieces.is_empty() => {
+                out.extend_from_slice(pieces[rng.below(pieces.len())].as_bytes())
+            }
             2 => out.push(rng.next() as u8),
             _ => out.extend_from_slice(ATOMS[rng.below(6)].as_bytes()),
         }
@@ -140,7 +147,12 @@ fn chunked_encoder_equals_whole_string_bpe() {
             .collect();
         let texts: Vec<Vec<u8>> = (0..400).map(|_| random_text(&mut rng, &pieces)).collect();
         for t in &texts {
-            assert_eq!(tok.encode_bytes(t), tok.encode_whole(t), "{name}: {:?}", String::from_utf8_lossy(t));
+            assert_eq!(
+                tok.encode_bytes(t),
+                tok.encode_whole(t),
+                "{name}: {:?}",
+                String::from_utf8_lossy(t)
+            );
             // Twice: the second call is served by the chunk cache.
             assert_eq!(tok.encode_bytes(t), tok.encode_whole(t), "{name} (cached)");
         }
