@@ -59,7 +59,7 @@ def test_baichuan_vectors_from_spec() -> None:
     tok, _ = pair("baichuan-7b")
     assert tok.encode("ＡＢＣ") == [11803]
     assert tok.encode("½") == [31106, 53, 33358, 54]
-    assert tok.encode("'<SEP>abc<CLS>'".strip("'")) == [31106, 3, 787, 31118, 4]
+    assert tok.encode("<SEP>abc<CLS>") == [31106, 3, 787, 31118, 4]
     assert tok.encode(b"a\xffb") == [650, 632, 584, 582, 31127]
     assert tok.encode("你好，世界。3.14 e.g. ok...") == [
         9875, 31213, 72, 2781, 73, 55, 79, 53, 56, 704, 79, 31122, 79, 9940, 79, 79, 79,

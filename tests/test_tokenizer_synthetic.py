@@ -69,7 +69,7 @@ CASES: dict[str, bytes] = {
     "unused_char": build([("d", -1.0, UNUSED), ("ad", -0.5, N)]),
     "unused_char_bf": build([("d", -1.0, UNUSED), ("ad", -0.5, N)], byte_fallback=True),
     "control_blocks_merge": build([("ab", -0.1, C), ("abc", -0.2, N)]),
-    "control_char": build([], base=("a", "b")) if False else build([("b", -1.0, C)], base=("a",)),
+    "control_char": build([("b", -1.0, C)], base=("a",)),
     "bf_no_unk": build([("ab", -0.1, N)], byte_fallback=True, unk=False),
     "nul_unused": build([("\x00", 0.0, UNUSED)]),
     "nul_normal_bf": build([("\x00", 0.0, N)], byte_fallback=True),

@@ -373,7 +373,6 @@ impl Tokenizer {
             }
         }
         let unk_surface = m.trainer.unk_surface.clone();
-        let _ = &mut pieces;
         Ok(Tokenizer {
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             pieces,
