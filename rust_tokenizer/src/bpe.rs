@@ -27,6 +27,8 @@ pub(crate) const NONE: u32 = u32::MAX;
 const MAX_RESEG_DEPTH: u32 = 100;
 /// Below this many symbols a linear scan for the best pair beats the heap.
 const LINEAR_MAX: usize = 24;
+/// Longest text one BPE run handles (positions are `u32`).
+pub(crate) const MAX_RUN_BYTES: usize = u32::MAX as usize;
 
 #[derive(Debug, Clone, Copy)]
 struct Sym {
@@ -64,9 +66,33 @@ impl Bpe {
     /// the user-defined pieces are matched (longest first) and frozen; otherwise the caller has
     /// already taken them out.
     pub fn run(&mut self, tok: &Tokenizer, text: &[u8], with_ud: bool, out: &mut Vec<Tok>) {
+        let n = text.len();
+        if n >= MAX_RUN_BYTES {
+            // Positions are u32. A single unbreakable run of 4 GiB cannot be merged here; rather
+            // than fail, emit it character by character (SentencePiece itself refuses inputs over
+            // 4 GiB in its parallel API; the Python binding refuses such texts up front).
+            let mut pos = 0;
+            while pos < n {
+                let len = lead_len(text[pos], n - pos);
+                let c = &text[pos..pos + len];
+                match tok.lookup(c) {
+                    Some(id)
+                        if matches!(tok.kind(id), PieceType::Normal | PieceType::UserDefined) =>
+                    {
+                        out.push(Tok::Id(id))
+                    }
+                    // Positions past u32 cannot be recorded: unknown characters there become unk.
+                    _ => out.push(Tok::Unk(
+                        pos.min(MAX_RUN_BYTES) as u32,
+                        (pos + len).min(MAX_RUN_BYTES) as u32,
+                    )),
+                }
+                pos += len;
+            }
+            return;
+        }
         let syms = &mut self.syms;
         syms.clear();
-        let n = text.len();
         let mut pos = 0usize;
         let ud = if with_ud { tok.ud.as_ref() } else { None };
         while pos < n {

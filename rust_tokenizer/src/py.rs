@@ -59,7 +59,21 @@ impl AsRef<[u8]> for Text {
     }
 }
 
+/// Texts of 4 GiB or more are refused (as sentencepiece's parallel API does): positions are u32.
+const MAX_TEXT_BYTES: usize = u32::MAX as usize;
+
 fn text_arg(obj: &Bound<'_, PyAny>) -> PyResult<Text> {
+    let t = text_arg_any(obj)?;
+    let n = t.as_ref().len();
+    if n >= MAX_TEXT_BYTES {
+        return Err(TokenizerError::new_err(format!(
+            "input of {n} bytes is too long (limit: 4 GiB)"
+        )));
+    }
+    Ok(t)
+}
+
+fn text_arg_any(obj: &Bound<'_, PyAny>) -> PyResult<Text> {
     if let Ok(s) = obj.cast::<PyString>() {
         return Ok(Text::Str(s.extract::<PyBackedStr>()?));
     }
