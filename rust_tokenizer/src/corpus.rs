@@ -124,6 +124,11 @@ pub struct CorpusConfig {
     /// Megatron output: files are `<output>/<prefix>.bin` and `.idx`.
     #[serde(default = "d_prefix")]
     pub megatron_prefix: String,
+    /// Testing aid (0 = off): right after writing its Nth checkpoint (`progress.json`), the
+    /// process kills itself with SIGKILL, so resume can be tested at exact points however fast
+    /// the machine is. Not part of the fingerprint.
+    #[serde(default)]
+    pub debug_kill_after_checkpoints: u64,
 }
 
 impl CorpusConfig {
@@ -875,6 +880,16 @@ fn encode_chunk<E: Encode>(ctx: &Ctx<'_>, enc: &E, chunk: Chunk) -> Encoded {
     Encoded { seq: chunk.seq, items, tokens }
 }
 
+/// `kill -9` of this very process (the `debug_kill_after_checkpoints` testing aid).
+fn kill_self() {
+    #[cfg(unix)]
+    // SAFETY: getpid and kill have no preconditions; SIGKILL ends the process here.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort();
+}
+
 struct Writer<'a> {
     ctx: &'a Ctx<'a>,
     fingerprint: String,
@@ -885,6 +900,7 @@ struct Writer<'a> {
     since_checkpoint: u64,
     files: Vec<FileEntry>,
     cur: Option<Partial>,
+    checkpoints_written: u64,
 }
 
 impl<'a> Writer<'a> {
@@ -915,6 +931,7 @@ impl<'a> Writer<'a> {
             since_checkpoint: 0,
             files: state.files,
             cur: state.partial,
+            checkpoints_written: 0,
         })
     }
 
@@ -929,7 +946,7 @@ impl<'a> Writer<'a> {
         Ok(self.cur.as_mut().expect("just set"))
     }
 
-    fn save_state(&self, finishing: bool) -> Result<()> {
+    fn save_state(&mut self, finishing: bool) -> Result<()> {
         let st = State {
             version: MANIFEST_VERSION,
             fingerprint: self.fingerprint.clone(),
@@ -939,7 +956,12 @@ impl<'a> Writer<'a> {
             partial: self.cur.clone(),
             finishing,
         };
-        write_json_atomic(self.ctx.progress_p, &st)
+        write_json_atomic(self.ctx.progress_p, &st)?;
+        self.checkpoints_written += 1;
+        if self.checkpoints_written == self.ctx.cfg.debug_kill_after_checkpoints {
+            kill_self();
+        }
+        Ok(())
     }
 
     fn write_doc(&mut self, ids: &[u32]) -> Result<()> {
@@ -1200,8 +1222,9 @@ mod tests {
                 let p = Progress::default();
                 let enc = ByteEnc { cancel_after: None, seen: AtomicU64::new(0), progress: None };
                 let mut c = cfg(&inp, &out, 2, format);
-                if std::fs::read_dir(&out).unwrap().next().is_some() {
-                    // (cancelled before anything was written: a fresh run is fine)
+                let wrote_something = std::fs::read_dir(&out).unwrap().any(|e| e.unwrap().file_name() != LOCK);
+                if wrote_something {
+                    // (cancelled before anything but the lock was written: a fresh run is fine)
                     assert!(run_with(&c, &enc, "sha", &p).is_err(), "no --resume must refuse");
                 }
                 c.resume = true;

@@ -83,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted job in OUT_DIR")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous job's files in OUT_DIR")
+    # Testing aid: SIGKILL this process right after its Nth checkpoint (exact kill points for resume tests).
+    parser.add_argument("--debug-kill-after-checkpoints", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--max-doc-bytes", type=parse_size, default=parse_size("256M"), help="longest document accepted (bytes)"
     )
@@ -120,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         max_doc_bytes=args.max_doc_bytes,
         megatron_prefix=args.megatron_prefix,
+        extra={"debug_kill_after_checkpoints": args.debug_kill_after_checkpoints}
+        if args.debug_kill_after_checkpoints > 0 else {},
     )
     try:
         manifest = run_tokenize(cfg, progress=not args.quiet)
