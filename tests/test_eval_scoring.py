@@ -21,16 +21,10 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "eval-data"
 SPM = SHARED / "spm-models" / "baichuan-7b.model"
 
-pytestmark = pytest.mark.skipif(not (DATA.is_dir() and SPM.is_file()), reason="../shared is absent")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    """Tiny matmuls: one intra-op thread is faster, and far faster on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [
+    pytest.mark.skipif(not (DATA.is_dir() and SPM.is_file()), reason="../shared is absent"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 # (task, subject, split, questions, max_length): small max_length values force shot dropping, so
 # one subject has several prefix groups (and CMMLU's/AGIEval's own rules run).
