@@ -100,6 +100,9 @@ def test_deepspeed_config_defaults_and_overrides(tmp_path: Path) -> None:
     assert rt == cfg
     with pytest.raises(ValueError, match="unknown training config keys"):
         TrainConfig.from_dict({"dataa": 1})
+    TrainConfig(data="d", output_dir="o", save_every=0).validate()  # 0 = never checkpoint
+    with pytest.raises(ValueError, match="save_every must be >= 0"):
+        TrainConfig(data="d", output_dir="o", save_every=-1).validate()
 
 
 def test_hostfile_parsing(tmp_path: Path) -> None:

@@ -163,6 +163,24 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus: dict[str, Path])
     assert sorted(m) == [1, 2, 3, 4, 5] and m[3]["nonfinite_skipped"] == 1
 
 
+def test_save_every_zero_writes_no_checkpoint(corpus: dict[str, Path]) -> None:
+    """Throughput runs (e.g. a 7B slice on a GPU) can skip the checkpoint: nothing under checkpoints/."""
+    out = corpus["root"] / "nosave"
+    cfg = {
+        "data": str(corpus["shards"]), "tokenizer": str(SPM), "output_dir": str(out), "model": "tiny",
+        "max_length": 32, "micro_batch_size": 1, "steps": 3, "precision": "fp32", "progress": False,
+        "plot": False, "tensorboard": False, "save_every": 0,
+    }
+    out.mkdir(parents=True)
+    (out / "cfg.json").write_text(json.dumps(cfg))
+    r = run([sys.executable, "-m", "baichuan.train", "--config", str(out / "cfg.json")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "save_every is 0: no checkpoint will be written" in r.stderr
+    assert sorted(metrics(out)) == [1, 2, 3]
+    ckpt = out / "checkpoints"
+    assert not ckpt.exists() or not any(ckpt.iterdir())
+
+
 def test_zero3_with_accumulation_and_activation_checkpointing(corpus: dict[str, Path]) -> None:
     """The full-7B settings on a tiny model: parameters partitioned from construction, gathered
     into the native model folder at save time."""

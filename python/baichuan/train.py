@@ -334,6 +334,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             f"micro-batch {micro_batch} x accumulation {grad_accum} x seq {cfg.max_length}; data: {source.describe()}"
             + (f"; resumed from {ckpt_dir / tag} at step {start_step}" if tag else "")
         )
+        if not cfg.save_every:
+            log.info("save_every is 0: no checkpoint will be written")
 
     result = TrainResult(steps=start_step, nonfinite_skipped=nonfinite_total)
     last_saved = start_step if tag is not None else -1
@@ -445,10 +447,10 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             result.nonfinite_skipped = nonfinite_total
             log.step(record_line)
             acc_loss, acc_n, fingerprint = 0.0, 0, 0
-            if step % cfg.save_every == 0 or step == cfg.steps:
+            if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
                 save(step)
             t_last = time.perf_counter()
-        if last_saved != step:
+        if cfg.save_every and last_saved != step:
             save(step)
     finally:
         source.close()

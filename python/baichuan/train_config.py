@@ -87,7 +87,7 @@ class TrainConfig:
     attn_backend: str | None = None
     chunked_ce: int = 1024  # rows per cross-entropy chunk; 0 = plain fp32 logits
     compile: bool = False  # torch.compile the model through DeepSpeed's engine.compile()
-    save_every: int = 1000
+    save_every: int = 1000  # 0: never checkpoint (throughput runs)
     keep_last: int = 3
     log_every: int = 10
     max_nonfinite_in_row: int = 10
@@ -106,7 +106,9 @@ class TrainConfig:
             raise ValueError("no training data given (--data: a `baichuan tokenize` output or a directory of text files)")
         if not self.output_dir:
             raise ValueError("no output directory given")
-        for name in ("max_length", "steps", "save_every", "keep_last", "log_every", "max_nonfinite_in_row"):
+        if self.save_every < 0:
+            raise ValueError(f"save_every must be >= 0 (0 = no checkpoints), got {self.save_every}")
+        for name in ("max_length", "steps", "keep_last", "log_every", "max_nonfinite_in_row"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.chunked_ce < 0:

@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the model (engine.compile()); first steps are slow while it compiles")
     o.add_argument("--chunked-ce", type=int, help="rows per cross-entropy chunk, 0 = plain fp32 logits [1024]")
     c = p.add_argument_group("checkpoints and logging")
-    c.add_argument("--save-every", type=int, help="checkpoint every N steps (and at the end) [1000]")
+    c.add_argument("--save-every", type=int, help="checkpoint every N steps (and at the end); 0 = never (throughput runs) [1000]")
     c.add_argument("--keep-last", type=int, help="keep the newest K checkpoints [3]")
     c.add_argument("--log-every", type=int, help="print a log line every N steps [10]")
     c.add_argument("--max-nonfinite-in-row", type=int, help="stop after N NaN/inf micro-batches in a row [10]")
