@@ -57,6 +57,7 @@ class GenerationConfig:
     seed: int | None = None
     stop_at_eos: bool = True
     use_cache: bool = True  # False recomputes the whole sequence each step (reference path)
+    cudnn_attention: bool = False  # CUDA: let SDPA use cuDNN (it plans anew for every decoding length)
     add_bos: bool = False
 
     def validate(self) -> None:
@@ -131,6 +132,8 @@ def generate_ids(
     """Yield generated token ids one at a time (EOS is not yielded; generation stops there)."""
     import torch
 
+    from baichuan.model import varying_shape_attention
+
     cfg = cfg or GenerationConfig()
     cfg.validate()
     if len(prompt_ids) == 0:
@@ -155,11 +158,12 @@ def generate_ids(
             past = None
             step_input = ids
             for _ in range(cfg.max_new_tokens):
-                if cfg.use_cache:
-                    out = model(step_input, past_key_values=past, use_cache=True, logits_to_keep=1)
-                    past = out.past_key_values
-                else:
-                    out = model(ids, logits_to_keep=1)
+                with varying_shape_attention(device, cfg.cudnn_attention):  # not held across the yield
+                    if cfg.use_cache:
+                        out = model(step_input, past_key_values=past, use_cache=True, logits_to_keep=1)
+                        past = out.past_key_values
+                    else:
+                        out = model(ids, logits_to_keep=1)
                 tok = next_token(out.logits[:, -1], ids, cfg, generator)
                 t = int(tok.item())
                 if cfg.stop_at_eos and eos_id is not None and t == eos_id:

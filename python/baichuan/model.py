@@ -56,13 +56,16 @@ Throughput accounting
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 from torch.utils.checkpoint import checkpoint
 
 from baichuan.config import ModelConfig
@@ -194,7 +197,8 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-# Mask passed between layers: None (no mask at all), "causal" (plain lower triangle, T == S),
+# Mask passed between layers: None (no mask at all), "causal" (lower triangle aligned to the
+# bottom-right corner: with T queries after a cache of S - T keys, query t sees keys <= S - T + t),
 # or a bool tensor (B, 1, T, S), True where the query may attend to the key.
 AttnMask = torch.Tensor | str | None
 
@@ -214,7 +218,13 @@ def _attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: At
 
 def _attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask) -> torch.Tensor:
     if mask == "causal":
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        T, S = q.shape[2], k.shape[2]
+        if T == S:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # Queries after a cache: causal from the bottom-right corner. PyTorch's CausalBias runs it in
+        # the memory-efficient kernel without a materialised mask (on CUDA, a bool mask went to
+        # cuDNN, which plans anew for every shape: see docs/performance.md, evaluation).
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(T, S))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -226,11 +236,13 @@ def _attention_xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     bias: object | None
     if mask is None:
         bias = None
-    elif mask == "causal":
+    elif mask == "causal" and q.shape[2] == k.shape[2]:
         bias = xops.LowerTriangularMask()
     else:
-        assert isinstance(mask, torch.Tensor)
         B, H, T, S = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+        if mask == "causal":  # after a cache: bottom-right causal, as an explicit mask
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
+        assert isinstance(mask, torch.Tensor)
         # An additive bias must be 8-aligned in its last dimension: allocate padded, then slice.
         padded = (S + 7) // 8 * 8
         full = torch.zeros(B, H, T, padded, dtype=q.dtype, device=q.device)
@@ -238,6 +250,20 @@ def _attention_xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
         bias.masked_fill_(~mask.expand(B, H, T, S), float("-inf"))
     out = xops.memory_efficient_attention(qx, kx, vx, attn_bias=bias)
     return out.transpose(1, 2)
+
+
+def varying_shape_attention(
+    device: torch.device, allow_cudnn: bool = False
+) -> contextlib.AbstractContextManager[Any]:
+    """Context for inference whose shapes change from call to call (scoring batches, decoding
+    steps): on CUDA it keeps PyTorch's SDPA off the cuDNN kernel unless ``allow_cudnn``. cuDNN
+    builds an execution plan for every new shape (tens of ms); flash / memory-efficient attention
+    need none. Training (one fixed shape) keeps cuDNN, the fastest there. See docs/performance.md."""
+    if device.type != "cuda" or allow_cudnn:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 _ATTENTION = {"eager": _attention_eager, "sdpa": _attention_sdpa, "xformers": _attention_xformers}
@@ -335,10 +361,7 @@ def _build_mask(
     if attention_mask is None or bool(attention_mask.all()):
         if past_len == 0:
             return "causal" if T > 1 else None
-        if T == 1:
-            return None
-        allowed = torch.ones(T, S, dtype=torch.bool, device=device).tril(past_len)
-        return allowed[None, None]
+        return None if T == 1 else "causal"  # bottom-right aligned: query t sees keys <= past_len + t
     key_ok = attention_mask.to(device=device, dtype=torch.bool)  # (B, S)
     causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(past_len)
     allowed = causal[None, None] & key_ok[:, None, None, :]

@@ -419,9 +419,11 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             tokens_seen += tokens_per_step
             now = time.perf_counter()
             dt = now - t_last
-            stats = torch.tensor([acc_loss / max(acc_n, 1), float(fingerprint)], dtype=torch.float64)
+            # On the rank's device: NCCL has no CPU tensors (gloo takes either).
+            stats = torch.tensor([acc_loss / max(acc_n, 1), float(fingerprint)], dtype=torch.float64, device=device)
             gathered = [torch.zeros_like(stats) for _ in range(env.world_size)]
             dist.all_gather(gathered, stats)
+            gathered = [g.cpu() for g in gathered]
             rank_losses = [float(g[0]) for g in gathered]
             mean_loss = sum(rank_losses) / len(rank_losses)
             gn = engine.get_global_grad_norm()

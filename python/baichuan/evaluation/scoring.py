@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from baichuan.model import varying_shape_attention
+
 
 def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     """Length of the longest common prefix of all sequences, leaving each at least one token."""
@@ -126,6 +128,7 @@ class LetterScorer:
         prefix_cache: bool = True,
         pad_id: int = 0,
         device: torch.device | str | None = None,
+        cudnn_attention: bool = False,
     ) -> None:
         self.model = model
         self.candidate_ids = torch.tensor(list(candidate_ids), dtype=torch.long)
@@ -133,6 +136,7 @@ class LetterScorer:
         self.prefix_cache = prefix_cache
         self.pad_id = pad_id
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.cudnn_attention = cudnn_attention
         self.stats = ScoreStats()
         self._cache_kw = _cache_keyword(model)
 
@@ -142,6 +146,10 @@ class LetterScorer:
     ) -> np.ndarray:
         """Candidate-letter logits (float32, shape ``(len(seqs), n_candidates)``) for prompts that
         should share a prefix (one subject with one set of shots)."""
+        with varying_shape_attention(self.device, self.cudnn_attention):
+            return self._score(seqs, on_batch)
+
+    def _score(self, seqs: Sequence[Sequence[int]], on_batch: Callable[[int], None] | None) -> np.ndarray:
         out = np.zeros((len(seqs), len(self.candidate_ids)), dtype=np.float32)
         if not seqs:
             return out
