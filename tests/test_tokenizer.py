@@ -129,6 +129,47 @@ def test_batch_equals_single_for_any_thread_count() -> None:
     assert tok.decode_batch(single, num_threads=2) == [tok.decode(s) for s in single]
 
 
+def test_batch_errors_and_mixed_inputs_on_the_threaded_path() -> None:
+    """Big batches take the multi-thread path (texts read up front, blocks converted as they
+    finish): str and bytes mixed, a bad item anywhere, and a batch list changed afterwards."""
+    tok, _ = pair("baichuan-7b")
+    texts: list[str | bytes] = [f"第{i}条 line {i} ☃" for i in range(3000)]
+    texts[17] = texts[17].encode()
+    texts[2500] = "raw \xff bytes".encode("latin-1")
+    single = [tok.encode(t) for t in texts]
+    for n in (1, 2, 4):
+        assert tok.encode_batch(texts, num_threads=n) == single, n
+        ids, offsets = tok.encode_batch_numpy(texts, num_threads=n)
+        assert [ids[offsets[i] : offsets[i + 1]].tolist() for i in range(len(texts))] == single
+    for bad_at in (0, 1500, 2999):
+        for bad, err in ((5, TypeError), (None, TypeError), ("lone \ud800 surrogate", UnicodeEncodeError)):
+            broken = list(texts)
+            broken[bad_at] = bad  # type: ignore[call-overload]
+            for n in (1, 2):
+                with pytest.raises(err):
+                    tok.encode_batch(broken, num_threads=n)  # type: ignore[arg-type]
+    out = tok.encode_batch(texts, num_threads=2)
+    texts.clear()  # the result does not depend on the caller's list afterwards
+    assert out == single
+
+
+def test_batch_survives_the_list_changing_under_it() -> None:
+    """While the GIL is released another thread empties and refills the list: the call works
+    on the texts it was given (held alive by the call), never on freed memory."""
+    tok, _ = pair("baichuan-7b")
+    texts = [f"句子 {i} " * (1 + i % 7) for i in range(100_000)]
+    expect = tok.encode_batch(list(texts), num_threads=1)
+    results: list[list[list[int]]] = []
+    worker = threading.Thread(target=lambda: results.append(tok.encode_batch(texts, num_threads=2)))
+    worker.start()
+    while worker.is_alive():
+        texts[:] = ["changed"] * 10
+        texts[:] = [f"句子 {i} " * (1 + i % 7) for i in range(100_000)]
+    worker.join()
+    assert len(results) == 1
+    assert results[0] == expect or len(results[0]) in (10, 100_000)
+
+
 def test_encode_releases_the_gil() -> None:
     tok, _ = pair("llama2")
     text = "中文 text 混合 " * 400_000  # ~6 MB, one line: takes a good fraction of a second

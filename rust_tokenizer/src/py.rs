@@ -2,7 +2,6 @@
 //! call releases the GIL, and no Rust panic crosses into Python (encode paths run under
 //! `catch_unwind` and a panic becomes `TokenizerError`).
 
-use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -10,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
-use pyo3::types::{PyBytes, PyList, PyString};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::error::Error;
 use crate::tokenizer::{IdBlock, Tokenizer};
@@ -89,6 +88,69 @@ fn text_arg_any(obj: &Bound<'_, PyAny>) -> PyResult<Text> {
     )))
 }
 
+/// The bytes of item `i` of a batch tuple: a `str`'s UTF-8 (CPython caches it in the object,
+/// so the slice lives as long as the str) or a `bytes` object's contents.
+fn batch_text<'t>(batch: &'t Bound<'_, PyTuple>, i: usize) -> PyResult<&'t [u8]> {
+    let item = batch.get_borrowed_item(i)?;
+    let (ptr, len) = if let Ok(s) = item.cast::<PyString>() {
+        let mut len: pyo3::ffi::Py_ssize_t = 0;
+        // SAFETY: `s` is a live str (the tuple holds it); the call returns NULL with an
+        // exception set (e.g. a lone surrogate) or a buffer owned by `s`.
+        let p = unsafe { pyo3::ffi::PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut len) };
+        if p.is_null() {
+            return Err(PyErr::fetch(batch.py()));
+        }
+        (p.cast::<u8>(), len)
+    } else if let Ok(b) = item.cast::<PyBytes>() {
+        // SAFETY: `b` is a live bytes object; both calls only read it.
+        unsafe {
+            (
+                pyo3::ffi::PyBytes_AsString(b.as_ptr()).cast::<u8>().cast_const(),
+                pyo3::ffi::PyBytes_Size(b.as_ptr()),
+            )
+        }
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "input must be str or bytes, not {}",
+            item.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        )));
+    };
+    let len = usize::try_from(len).map_err(|_| PyErr::fetch(batch.py()))?;
+    if len >= MAX_TEXT_BYTES {
+        return Err(TokenizerError::new_err(format!(
+            "input of {len} bytes is too long (limit: 4 GiB)"
+        )));
+    }
+    // SAFETY: `ptr` points to `len` initialised bytes owned by an object that the tuple keeps
+    // alive for at least `'t`; str and bytes are immutable.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// A new list of `len` slots, each `None` until `PyList_SetItem` fills it (not NULL: the list is
+/// reachable through `gc.get_objects()` from other threads while the GIL is released).
+fn new_list(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyList>> {
+    let n = pyo3::ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| TokenizerError::new_err("too many texts for one list"))?;
+    // SAFETY: GIL held; `PyList_New` returns a new reference or NULL with an exception set;
+    // each slot gets its own new reference to `None`, which `PyList_SetItem` steals.
+    unsafe {
+        let list = pyo3::ffi::PyList_New(n);
+        if list.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let list = Bound::from_owned_ptr(py, list);
+        let none = pyo3::ffi::Py_None();
+        for k in 0..n {
+            pyo3::ffi::Py_IncRef(none);
+            pyo3::ffi::PyList_SetItem(list.as_ptr(), k, none);
+        }
+        Ok(list.cast_into_unchecked())
+    }
+}
+
 fn threads_arg(n: Option<i64>) -> Option<usize> {
     match n {
         None => None,
@@ -106,10 +168,6 @@ fn id_arg(tok: &Tokenizer, id: i64) -> PyResult<u32> {
         .into());
     }
     Ok(id as u32)
-}
-
-fn texts_len(blocks: &[crate::tokenizer::IdBlock]) -> usize {
-    blocks.iter().map(|b| b.ends.len()).sum()
 }
 
 fn opt_id(x: Option<u32>) -> i64 {
@@ -135,6 +193,37 @@ impl PyTokenizer {
             origin,
             ints,
         })
+    }
+
+    /// Puts the id lists of block `b` at `out[first..first + b.ends.len()]`.
+    fn fill<'py>(
+        &self,
+        py: Python<'py>,
+        out: &Bound<'py, PyList>,
+        first: usize,
+        b: &IdBlock,
+    ) -> PyResult<()> {
+        if first + b.ends.len() > out.len() {
+            return Err(TokenizerError::new_err(
+                "internal error in encode_batch: block out of range",
+            ));
+        }
+        for (k, ids) in b.iter().enumerate() {
+            let l = self.id_list(py, ids)?;
+            // SAFETY: GIL held; `out` is a list of `out.len()` slots and the index is in range
+            // (checked above); `PyList_SetItem` steals the new reference made by `into_ptr`.
+            let rc = unsafe {
+                pyo3::ffi::PyList_SetItem(
+                    out.as_ptr(),
+                    (first + k) as pyo3::ffi::Py_ssize_t,
+                    l.into_ptr(),
+                )
+            };
+            if rc != 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        Ok(())
     }
 
     fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
@@ -190,64 +279,56 @@ impl PyTokenizer {
         self.id_list(py, &ids)
     }
 
+    /// `texts` must be a list (the Python wrapper makes one) of `str` / `bytes`.
     #[pyo3(signature = (texts, num_threads = None))]
     fn encode_batch<'py>(
         &self,
         py: Python<'py>,
-        texts: Vec<Bound<'py, PyAny>>,
+        texts: &Bound<'py, PyList>,
         num_threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let ts = texts
-            .iter()
-            .map(text_arg)
-            .collect::<PyResult<Vec<Text>>>()?;
-        drop(texts);
+        // A tuple snapshot: the caller's list may change while the GIL is released; the tuple's
+        // references keep every text (and the UTF-8 buffer CPython caches in a str) alive.
+        let batch = texts.to_tuple();
+        let ts = (0..batch.len())
+            .map(|i| batch_text(&batch, i))
+            .collect::<PyResult<Vec<&[u8]>>>()?;
         let tok = &self.inner;
         let n = threads_arg(num_threads);
+        let out = new_list(py, ts.len())?;
         if Tokenizer::threads_for(n) <= 1 || ts.len() < 64 {
             let blocks = py.detach(|| guarded("encode_batch", || tok.encode_blocks(&ts, n)))?;
-            let mut lists = Vec::with_capacity(texts_len(&blocks));
+            let mut first = 0;
             for b in &blocks {
-                for ids in b.iter() {
-                    lists.push(self.id_list(py, ids)?);
-                }
+                self.fill(py, &out, first, b)?;
+                first += b.ends.len();
             }
-            return PyList::new(py, lists);
+            return Ok(out);
         }
         // Several threads: the workers encode blocks while this thread (holding the GIL only
-        // while it converts) turns finished blocks into Python lists, in order. The conversion
-        // thus overlaps the encoding instead of adding to it (Amdahl).
+        // while it converts) turns each finished block into Python lists, placed straight at
+        // their positions in `out`, in whatever order blocks finish. The conversion overlaps
+        // the encoding; only the last block's is serial (Amdahl).
         let (tx, rx) = std::sync::mpsc::channel::<(usize, IdBlock)>();
-        let mut lists: Vec<Bound<'py, PyList>> = Vec::with_capacity(ts.len());
+        let mut filled = 0usize;
         let result: PyResult<()> = guarded("encode_batch", || {
             std::thread::scope(|scope| -> PyResult<()> {
                 let ts = &ts;
                 let worker = scope.spawn(move || {
                     let tx = Mutex::new(tx);
-                    tok.encode_blocks_with(ts, n, |i, b| {
-                        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((i, b));
+                    tok.encode_blocks_with(ts, n, |first, b| {
+                        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((first, b));
                     })
                 });
-                let mut pending: BTreeMap<usize, IdBlock> = BTreeMap::new();
-                let mut next = 0usize;
                 let mut err: Option<PyErr> = None;
                 let rx = Mutex::new(rx);
-                while let Ok((i, b)) =
+                while let Ok((first, b)) =
                     py.detach(|| rx.lock().unwrap_or_else(|e| e.into_inner()).recv())
                 {
-                    pending.insert(i, b);
-                    while let Some(b) = pending.remove(&next) {
-                        next += 1;
-                        if err.is_none() {
-                            for ids in b.iter() {
-                                match self.id_list(py, ids) {
-                                    Ok(l) => lists.push(l),
-                                    Err(e) => {
-                                        err = Some(e);
-                                        break;
-                                    }
-                                }
-                            }
+                    if err.is_none() {
+                        match self.fill(py, &out, first, &b) {
+                            Ok(()) => filled += b.ends.len(),
+                            Err(e) => err = Some(e),
                         }
                     }
                 }
@@ -258,7 +339,7 @@ impl PyTokenizer {
                 }
                 match err {
                     Some(e) => Err(e),
-                    None if lists.len() != ts.len() => Err(TokenizerError::new_err(
+                    None if filled != ts.len() => Err(TokenizerError::new_err(
                         "internal error in encode_batch: blocks missing",
                     )),
                     None => Ok(()),
@@ -266,7 +347,7 @@ impl PyTokenizer {
             })
         })?;
         result?;
-        PyList::new(py, lists)
+        Ok(out)
     }
 
     /// All ids concatenated (little-endian u32 bytes) and `len(texts) + 1` offsets
@@ -275,13 +356,13 @@ impl PyTokenizer {
     fn encode_batch_flat<'py>(
         &self,
         py: Python<'py>,
-        texts: Vec<Bound<'py, PyAny>>,
+        texts: &Bound<'py, PyList>,
         num_threads: Option<i64>,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-        let ts = texts
-            .iter()
-            .map(text_arg)
-            .collect::<PyResult<Vec<Text>>>()?;
+        let batch = texts.to_tuple(); // a snapshot that keeps the texts alive (see encode_batch)
+        let ts = (0..batch.len())
+            .map(|i| batch_text(&batch, i))
+            .collect::<PyResult<Vec<&[u8]>>>()?;
         let tok = &self.inner;
         let n = threads_arg(num_threads);
         let (ids, offsets) = py.detach(|| {

@@ -474,10 +474,11 @@ impl Tokenizer {
         (texts / (threads.max(1) * 16)).clamp(1, 256)
     }
 
-    /// Streaming form of [`Tokenizer::encode_blocks`]: `sink(block_index, block)` is called from
-    /// the worker threads as blocks finish (in any order); block `i` holds texts
-    /// `i * block_size .. (i + 1) * block_size`, see [`Tokenizer::block_size`] with the pool's
-    /// thread count. Returns that block size.
+    /// Streaming form of [`Tokenizer::encode_blocks`]: `sink(first, block)` is called from the
+    /// worker threads as blocks finish (in any order); the block holds the ids of texts
+    /// `first .. first + block.ends.len()`. Blocks are split off by rayon's halving, so each
+    /// worker encodes long runs of consecutive texts (fewer chunks that two threads' caches
+    /// both miss than with interleaved blocks: docs/performance.md). Returns the block size.
     pub fn encode_blocks_with<T: AsRef<[u8]> + Sync>(
         &self,
         texts: &[T],
@@ -490,6 +491,7 @@ impl Tokenizer {
         let run = || {
             let block = Self::block_size(texts.len(), rayon::current_num_threads());
             texts.par_chunks(block).enumerate().for_each(|(i, chunk)| {
+                let first = i * block;
                 let bytes: usize = chunk.iter().map(|t| t.as_ref().len()).sum();
                 let mut b = IdBlock {
                     ids: Vec::with_capacity(bytes / 3 + 8),
@@ -499,7 +501,7 @@ impl Tokenizer {
                     self.encode_into(t.as_ref(), &mut b.ids);
                     b.ends.push(b.ids.len());
                 }
-                sink(i, b);
+                sink(first, b);
             });
             block
         };
