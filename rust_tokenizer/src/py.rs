@@ -12,7 +12,7 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::error::Error;
-use crate::tokenizer::{IdBlock, Tokenizer};
+use crate::tokenizer::{BlockQueue, IdBlock, Tokenizer};
 
 pyo3::create_exception!(_tokenizer, TokenizerError, pyo3::exceptions::PyValueError);
 
@@ -305,32 +305,50 @@ impl PyTokenizer {
             }
             return Ok(out);
         }
-        // Several threads: the workers encode blocks while this thread (holding the GIL only
-        // while it converts) turns each finished block into Python lists, placed straight at
-        // their positions in `out`, in whatever order blocks finish. The conversion overlaps
-        // the encoding; only the last block's is serial (Amdahl).
+        // Several threads: `threads - 1` pool workers encode blocks from the back of the batch
+        // while this thread encodes blocks from the front (GIL released) and, between its
+        // blocks, turns every finished block into Python lists placed straight at their
+        // positions in `out`. So `threads` threads share the cores (no third thread competing
+        // for them with conversion), each encodes a long run of consecutive texts, and only the
+        // conversion of the last blocks is serial. See docs/performance.md.
+        let threads = Tokenizer::threads_for(n);
+        let queue = BlockQueue::new(ts.len(), threads);
         let (tx, rx) = std::sync::mpsc::channel::<(usize, IdBlock)>();
         let mut filled = 0usize;
         let result: PyResult<()> = guarded("encode_batch", || {
             std::thread::scope(|scope| -> PyResult<()> {
-                let ts = &ts;
+                let (ts, queue) = (&ts, &queue);
                 let worker = scope.spawn(move || {
                     let tx = Mutex::new(tx);
-                    tok.encode_blocks_with(ts, n, |first, b| {
+                    tok.encode_from_back(ts, queue, threads - 1, |first, b| {
                         let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((first, b));
                     })
                 });
                 let mut err: Option<PyErr> = None;
-                let rx = Mutex::new(rx);
-                while let Ok((first, b)) =
-                    py.detach(|| rx.lock().unwrap_or_else(|e| e.into_inner()).recv())
-                {
+                let rx = Mutex::new(rx); // only this thread receives; the mutex makes it `Sync`
+                let recv = || rx.lock().unwrap_or_else(|e| e.into_inner());
+                let mut take = |first: usize, b: &IdBlock, err: &mut Option<PyErr>| {
                     if err.is_none() {
-                        match self.fill(py, &out, first, &b) {
+                        match self.fill(py, &out, first, b) {
                             Ok(()) => filled += b.ends.len(),
-                            Err(e) => err = Some(e),
+                            Err(e) => {
+                                *err = Some(e);
+                                queue.close();
+                            }
                         }
                     }
+                };
+                while err.is_none() {
+                    while let Ok((first, b)) = recv().try_recv() {
+                        take(first, &b, &mut err);
+                    }
+                    let Some(r) = queue.front() else { break };
+                    let first = r.start;
+                    let b = py.detach(|| tok.encode_block(&ts[r]));
+                    take(first, &b, &mut err);
+                }
+                while let Ok((first, b)) = py.detach(|| recv().recv()) {
+                    take(first, &b, &mut err);
                 }
                 if worker.join().is_err() {
                     return Err(TokenizerError::new_err(

@@ -104,6 +104,59 @@ impl IdBlock {
     }
 }
 
+/// Blocks of consecutive texts handed out from both ends: the calling thread takes blocks from
+/// the front, pool workers from the back. With two threads each thus encodes one long run of
+/// consecutive texts (its chunk cache sees related text), and they meet wherever the work
+/// balances. Block sizes follow [`Tokenizer::block_size`].
+#[derive(Debug)]
+pub struct BlockQueue {
+    n_texts: usize,
+    block: usize,
+    /// (next block from the front, one past the next block from the back)
+    span: Mutex<(usize, usize)>,
+}
+
+impl BlockQueue {
+    pub fn new(n_texts: usize, threads: usize) -> Self {
+        let block = Tokenizer::block_size(n_texts, threads);
+        BlockQueue {
+            n_texts,
+            block,
+            span: Mutex::new((0, n_texts.div_ceil(block))),
+        }
+    }
+
+    fn range(&self, b: usize) -> std::ops::Range<usize> {
+        b * self.block..((b + 1) * self.block).min(self.n_texts)
+    }
+
+    /// The texts of the next block from the front, if any is left.
+    pub fn front(&self) -> Option<std::ops::Range<usize>> {
+        let mut g = self.span.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 >= g.1 {
+            return None;
+        }
+        g.0 += 1;
+        Some(self.range(g.0 - 1))
+    }
+
+    /// The texts of the next block from the back, if any is left.
+    pub fn back(&self) -> Option<std::ops::Range<usize>> {
+        let mut g = self.span.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 >= g.1 {
+            return None;
+        }
+        g.1 -= 1;
+        Some(self.range(g.1))
+    }
+
+    /// Hands out nothing more (on an error: the workers stop after their current block).
+    pub fn close(&self) {
+        let mut g = self.span.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 = g.0;
+    }
+}
+
 /// One encode's reusable buffers plus the chunk cache, kept per thread.
 #[derive(Default)]
 struct Scratch {
@@ -508,6 +561,44 @@ impl Tokenizer {
         self.in_pool(num_threads, run)
     }
 
+    /// The ids of `texts`, in one block.
+    pub fn encode_block<T: AsRef<[u8]>>(&self, texts: &[T]) -> IdBlock {
+        let bytes: usize = texts.iter().map(|t| t.as_ref().len()).sum();
+        let mut b = IdBlock {
+            ids: Vec::with_capacity(bytes / 3 + 8),
+            ends: Vec::with_capacity(texts.len()),
+        };
+        for t in texts {
+            self.encode_into(t.as_ref(), &mut b.ids);
+            b.ends.push(b.ids.len());
+        }
+        b
+    }
+
+    /// `workers` pool threads take blocks from the back of `queue` until it is empty, handing
+    /// each finished block to `sink(first_text, block)`; returns when all are done. The caller
+    /// (another thread) takes blocks from the front meanwhile: see [`BlockQueue`].
+    pub fn encode_from_back<T: AsRef<[u8]> + Sync>(
+        &self,
+        texts: &[T],
+        queue: &BlockQueue,
+        workers: usize,
+        sink: impl Fn(usize, IdBlock) + Sync + Send,
+    ) {
+        let work = || {
+            while let Some(r) = queue.back() {
+                let first = r.start;
+                sink(first, self.encode_block(&texts[r]));
+            }
+        };
+        match pool_for(workers.clamp(1, 1024)) {
+            Ok(pool) => {
+                pool.broadcast(|_| work());
+            }
+            Err(_) => work(), // no pool (thread limits): this thread is the one worker
+        }
+    }
+
     /// The number of worker threads `num_threads` stands for.
     pub fn threads_for(num_threads: Option<usize>) -> usize {
         match num_threads {
@@ -907,4 +998,42 @@ impl Tokenizer {
 
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BlockQueue;
+
+    #[test]
+    fn block_queue_hands_out_every_text_once_from_both_ends() {
+        for n in [1usize, 5, 64, 1000, 4097] {
+            for threads in [2usize, 3, 8] {
+                let q = BlockQueue::new(n, threads);
+                let mut seen = vec![0u8; n];
+                let (mut fronts, mut backs) = (Vec::new(), Vec::new());
+                loop {
+                    let f = q.front();
+                    let b = q.back();
+                    if f.is_none() && b.is_none() {
+                        break;
+                    }
+                    fronts.extend(f.clone());
+                    backs.extend(b.clone());
+                    for r in f.into_iter().chain(b) {
+                        for i in r {
+                            seen[i] += 1;
+                        }
+                    }
+                }
+                assert!(seen.iter().all(|&c| c == 1), "n={n} threads={threads}");
+                // the front walks up, the back walks down
+                assert!(fronts.windows(2).all(|w| w[0].end == w[1].start));
+                assert!(backs.windows(2).all(|w| w[1].end == w[0].start));
+            }
+        }
+        let q = BlockQueue::new(10_000, 2);
+        assert!(q.front().is_some());
+        q.close();
+        assert!(q.front().is_none() && q.back().is_none());
+    }
 }
