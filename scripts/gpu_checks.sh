@@ -3,7 +3,7 @@
 # written to $OUT (default ./gpu-out). Run from the repository root on a CUDA machine:
 #
 #   bash scripts/gpu_checks.sh env model train          # issue 4's agreement check, issue 5's MFU bench
-#   bash scripts/gpu_checks.sh eval tok e2e             # issue 6's eval bench, tokenizer threads, CLI train
+#   bash scripts/gpu_checks.sh eval gen tok e2e         # issue 6's eval bench, decoding, tokenizer threads, CLI train
 #
 # Stages:
 #   env    nvidia-smi, python/torch/deepspeed/xformers versions
@@ -11,6 +11,7 @@
 #   train  scripts/bench_train.py: DeepSpeed ZeRO-2 bf16 on an 8-layer Baichuan-7B slice, seq 4096, mb 2,
 #          sdpa/xformers x chunked CE, then sdpa plain CE with and without DeepSpeed
 #   eval   scripts/bench_eval.py: MMLU 5-shot, upstream loop vs batched vs batched + prefix cache
+#   gen    scripts/bench_generate.py: decoding tokens/s with and without cuDNN attention
 #   tok    scripts/bench_tokenizer_threads.py on this machine's cores (2, 4, 8, 16 threads)
 #   e2e    `baichuan tokenize` the eval data with Baichuan-7B's model, then `baichuan train` (deepspeed
 #          launcher, 1 GPU, bf16, 7B shape with 8 layers, no checkpoint) for a few steps
@@ -38,7 +39,7 @@ stage() {  # stage NAME SECONDS CMD...
     [ "$rc" = 0 ] || status=1
 }
 
-for s in "${@:-env model train eval tok e2e}"; do
+for s in "${@:-env model train eval gen tok e2e}"; do
   for s in $s; do
     case "$s" in
     env)
@@ -55,7 +56,9 @@ for s in "${@:-env model train eval tok e2e}"; do
             --steps 6 --warmup 3 --port 29600 --json "$OUT/train_plain.json" ;;
     eval)
         stage eval 100 "$PY" scripts/bench_eval.py --data-dir "$SHARED/eval-data/mmlu" \
-            --tokenizer "$SHARED/spm-models/baichuan-7b.model" --json-out "$OUT/eval.json" ;;
+            --tokenizer "$SHARED/spm-models/baichuan-7b.model" --subjects 8 --per-subject 32 --json-out "$OUT/eval.json" ;;
+    gen)
+        stage gen 60 "$PY" scripts/bench_generate.py ;;
     tok)
         stage tok 70 "$PY" scripts/bench_tokenizer_threads.py --eval-dir "$SHARED/eval-data" \
             --model "$SHARED/spm-models/baichuan-7b.model" --threads 2,4,16 --pairs 3 ;;
@@ -70,7 +73,7 @@ for s in "${@:-env model train eval tok e2e}"; do
             --no-plot --num-procs 1
         cp /tmp/bc-e2e/run/metrics.jsonl "$OUT/e2e_metrics.jsonl" 2>/dev/null ;;
     *)
-        echo "gpu_checks.sh: unknown stage $s (env model train eval tok e2e)" >&2; exit 2 ;;
+        echo "gpu_checks.sh: unknown stage $s (env model train eval gen tok e2e)" >&2; exit 2 ;;
     esac
   done
 done
