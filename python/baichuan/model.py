@@ -203,12 +203,17 @@ class MLP(nn.Module):
 AttnMask = torch.Tensor | str | None
 
 
+def _causal(T: int, S: int, device: torch.device) -> torch.Tensor:
+    """(T, S) bool: query t (the last T of S positions) may see keys 0 .. S - T + t."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
+
+
 def _attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask) -> torch.Tensor:
     scale = q.shape[-1] ** -0.5
     scores = torch.matmul(q, k.transpose(2, 3)) * scale
     if mask == "causal":
         T, S = q.shape[2], k.shape[2]
-        allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        allowed = _causal(T, S, q.device)
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     elif isinstance(mask, torch.Tensor):
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
@@ -241,7 +246,7 @@ def _attention_xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     else:
         B, H, T, S = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
         if mask == "causal":  # after a cache: bottom-right causal, as an explicit mask
-            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
+            mask = _causal(T, S, q.device)[None, None]
         assert isinstance(mask, torch.Tensor)
         # An additive bias must be 8-aligned in its last dimension: allocate padded, then slice.
         padded = (S + 7) // 8 * 8
@@ -359,11 +364,10 @@ def _build_mask(
 ) -> AttnMask:
     S = past_len + T
     if attention_mask is None or bool(attention_mask.all()):
-        if past_len == 0:
-            return "causal" if T > 1 else None
-        return None if T == 1 else "causal"  # bottom-right aligned: query t sees keys <= past_len + t
+        # After a cache "causal" is bottom-right aligned: query t sees keys <= past_len + t.
+        return "causal" if T > 1 else None
     key_ok = attention_mask.to(device=device, dtype=torch.bool)  # (B, S)
-    causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(past_len)
+    causal = _causal(T, S, device)
     allowed = causal[None, None] & key_ok[:, None, None, :]
     # Rows with no visible key (left pads) would give NaN: let them see everything instead.
     allowed = allowed | ~allowed.any(dim=-1, keepdim=True)

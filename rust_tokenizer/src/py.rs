@@ -296,34 +296,32 @@ impl PyTokenizer {
         let tok = &self.inner;
         let n = threads_arg(num_threads);
         let out = new_list(py, ts.len())?;
-        if Tokenizer::threads_for(n) <= 1 || ts.len() < 64 {
-            let blocks = py.detach(|| guarded("encode_batch", || tok.encode_blocks(&ts, n)))?;
-            let mut first = 0;
-            for b in &blocks {
-                self.fill(py, &out, first, b)?;
-                first += b.ends.len();
-            }
-            return Ok(out);
-        }
-        // Several threads: `threads - 1` pool workers encode blocks from the back of the batch
-        // while this thread encodes blocks from the front (GIL released) and, between its
-        // blocks, turns every finished block into Python lists placed straight at their
-        // positions in `out`. So `threads` threads share the cores (no third thread competing
-        // for them with conversion), each encodes a long run of consecutive texts, and only the
-        // conversion of the last blocks is serial. See docs/performance.md.
+        // `threads - 1` pool workers encode blocks from the back of the batch while this thread
+        // encodes blocks from the front (GIL released) and, between its blocks, turns every
+        // finished block into Python lists placed straight at their positions in `out`. So
+        // `threads` threads share the cores (no third thread competing for them with the
+        // conversion), each encodes a long run of consecutive texts, and only the conversion of
+        // the last blocks is serial. One thread (or a small batch): this thread alone, without
+        // spawning anything. See docs/performance.md.
         let threads = Tokenizer::threads_for(n);
-        let queue = BlockQueue::new(ts.len(), threads);
+        let workers = if ts.len() < 64 { 0 } else { threads - 1 };
+        let queue = BlockQueue::new(ts.len(), workers + 1);
         let (tx, rx) = std::sync::mpsc::channel::<(usize, IdBlock)>();
         let mut filled = 0usize;
         let result: PyResult<()> = guarded("encode_batch", || {
             std::thread::scope(|scope| -> PyResult<()> {
                 let (ts, queue) = (&ts, &queue);
-                let worker = scope.spawn(move || {
-                    let tx = Mutex::new(tx);
-                    tok.encode_from_back(ts, queue, threads - 1, |first, b| {
-                        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((first, b));
-                    })
-                });
+                let worker = if workers > 0 {
+                    Some(scope.spawn(move || {
+                        let tx = Mutex::new(tx);
+                        tok.encode_from_back(ts, queue, workers, |first, b| {
+                            let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((first, b));
+                        })
+                    }))
+                } else {
+                    drop(tx); // nothing will be sent: the receive loop below ends at once
+                    None
+                };
                 let mut err: Option<PyErr> = None;
                 let rx = Mutex::new(rx); // only this thread receives; the mutex makes it `Sync`
                 let recv = || rx.lock().unwrap_or_else(|e| e.into_inner());
@@ -350,7 +348,7 @@ impl PyTokenizer {
                 while let Ok((first, b)) = py.detach(|| recv().recv()) {
                     take(first, &b, &mut err);
                 }
-                if worker.join().is_err() {
+                if worker.is_some_and(|w| w.join().is_err()) {
                     return Err(TokenizerError::new_err(
                         "internal error in encode_batch: a worker panicked",
                     ));
