@@ -330,3 +330,20 @@ def test_init_under_zero3_equals_plain_init(tmp_path):
     script.write_text(ZERO3_INIT)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "same init" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_varying_shape_attention_keeps_sdpa_off_cudnn_on_cuda_only() -> None:
+    """Scoring and decoding (a new shape per call) run SDPA without cuDNN on CUDA; measured on an
+    H200 in docs/performance.md. The switch itself needs no GPU to check."""
+    from baichuan.model import varying_shape_attention
+
+    cuda = torch.backends.cuda
+    before = (cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled())
+    with varying_shape_attention(torch.device("cuda")):
+        assert not cuda.cudnn_sdp_enabled()
+        assert cuda.flash_sdp_enabled() and cuda.mem_efficient_sdp_enabled()
+    assert (cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled()) == before
+    with varying_shape_attention(torch.device("cuda"), allow_cudnn=True):
+        assert cuda.cudnn_sdp_enabled() == before[0]
+    with varying_shape_attention(torch.device("cpu")):
+        assert cuda.cudnn_sdp_enabled() == before[0]
