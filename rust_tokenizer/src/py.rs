@@ -129,6 +129,11 @@ fn batch_text<'t>(batch: &'t Bound<'_, PyTuple>, i: usize) -> PyResult<&'t [u8]>
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
+/// The bytes of every item of a batch tuple (see [`batch_text`]).
+fn batch_texts<'t>(batch: &'t Bound<'_, PyTuple>) -> PyResult<Vec<&'t [u8]>> {
+    (0..batch.len()).map(|i| batch_text(batch, i)).collect()
+}
+
 /// A new list of `len` slots, each `None` until `PyList_SetItem` fills it (not NULL: the list is
 /// reachable through `gc.get_objects()` from other threads while the GIL is released).
 fn new_list(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyList>> {
@@ -290,9 +295,7 @@ impl PyTokenizer {
         // A tuple snapshot: the caller's list may change while the GIL is released; the tuple's
         // references keep every text (and the UTF-8 buffer CPython caches in a str) alive.
         let batch = texts.to_tuple();
-        let ts = (0..batch.len())
-            .map(|i| batch_text(&batch, i))
-            .collect::<PyResult<Vec<&[u8]>>>()?;
+        let ts = batch_texts(&batch)?;
         let tok = &self.inner;
         let n = threads_arg(num_threads);
         let out = new_list(py, ts.len())?;
@@ -376,9 +379,7 @@ impl PyTokenizer {
         num_threads: Option<i64>,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
         let batch = texts.to_tuple(); // a snapshot that keeps the texts alive (see encode_batch)
-        let ts = (0..batch.len())
-            .map(|i| batch_text(&batch, i))
-            .collect::<PyResult<Vec<&[u8]>>>()?;
+        let ts = batch_texts(&batch)?;
         let tok = &self.inner;
         let n = threads_arg(num_threads);
         let (ids, offsets) = py.detach(|| {

@@ -543,19 +543,10 @@ impl Tokenizer {
         }
         let run = || {
             let block = Self::block_size(texts.len(), rayon::current_num_threads());
-            texts.par_chunks(block).enumerate().for_each(|(i, chunk)| {
-                let first = i * block;
-                let bytes: usize = chunk.iter().map(|t| t.as_ref().len()).sum();
-                let mut b = IdBlock {
-                    ids: Vec::with_capacity(bytes / 3 + 8),
-                    ends: Vec::with_capacity(chunk.len()),
-                };
-                for t in chunk {
-                    self.encode_into(t.as_ref(), &mut b.ids);
-                    b.ends.push(b.ids.len());
-                }
-                sink(first, b);
-            });
+            texts
+                .par_chunks(block)
+                .enumerate()
+                .for_each(|(i, chunk)| sink(i * block, self.encode_block(chunk)));
             block
         };
         self.in_pool(num_threads, run)
