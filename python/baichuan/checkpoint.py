@@ -10,6 +10,8 @@ official ``.bin`` layout is read by ``baichuan.hf`` with ``torch.load(weights_on
 
 from __future__ import annotations
 
+from baichuan.errors import BaichuanError
+
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +27,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BaichuanError, ValueError):
     """A model folder or state dict that does not fit the model."""
 
 

@@ -40,14 +40,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input, not our bug: printed as one line, no traceback."""
+    from baichuan.errors import BaichuanError
+    from baichuan.tokenizer import TokenizerError
+
+    errors: list[type[BaseException]] = [BaichuanError, TokenizerError, OSError]
+    try:
+        from baichuan._tokenizer import CorpusError  # type: ignore[attr-defined]
+
+        errors.append(CorpusError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e) or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"baichuan {args.command}: interrupted", file=sys.stderr)
         return 130
+    except _user_errors() as e:
+        print(f"baichuan {args.command}: error: {_message(e)}", file=sys.stderr)
+        return int(getattr(e, "exit_code", 2))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ back to the constructor, continues with exactly the next batch (this is what che
 
 from __future__ import annotations
 
+from baichuan.errors import BaichuanError
+
 import hashlib
 import json
 import os
@@ -48,7 +50,7 @@ _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 Encoder = Callable[[list[str]], list[list[int]]]
 
 
-class DataError(ValueError):
+class DataError(BaichuanError, ValueError):
     """Bad or inconsistent training data; the message names the file or directory."""
 
 

@@ -9,6 +9,8 @@ launcher (``RANK`` set) runs :func:`baichuan.train.run_training` directly instea
 
 from __future__ import annotations
 
+from baichuan.errors import BaichuanError
+
 import os
 import re
 import socket
@@ -21,7 +23,7 @@ from baichuan.train_config import TrainConfig
 _HOST_LINE = re.compile(r"^(?P<host>[A-Za-z0-9_.\-\[\]:]+)\s+slots\s*=\s*(?P<slots>\d+)\s*$")
 
 
-class LaunchError(ValueError):
+class LaunchError(BaichuanError, ValueError):
     """The launch cannot start (bad hostfile, no deepspeed launcher)."""
 
 

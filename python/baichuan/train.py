@@ -32,6 +32,8 @@ MFU = TFLOPS / ``peak_tflops`` (989 for H100/H200 dense bf16).
 
 from __future__ import annotations
 
+from baichuan.errors import BaichuanError
+
 import json
 import math
 import os
@@ -46,7 +48,7 @@ from typing import Any
 from baichuan.train_config import TrainConfig, build_deepspeed_config, precision_of
 
 
-class TrainingError(RuntimeError):
+class TrainingError(BaichuanError, RuntimeError):
     """The run cannot continue (bad input, diverged loss, inconsistent checkpoint)."""
 
 

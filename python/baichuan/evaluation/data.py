@@ -14,6 +14,8 @@ Variants accepted (see ``../shared/eval-data/PROVENANCE.md``):
 
 from __future__ import annotations
 
+from baichuan.errors import BaichuanError
+
 import ast
 import csv
 import json
@@ -32,7 +34,7 @@ PANDAS_NA_STRINGS = frozenset(
 )
 
 
-class EvalDataError(ValueError):
+class EvalDataError(BaichuanError, ValueError):
     """A benchmark file is missing or malformed; the message names the file (and row)."""
 
 
