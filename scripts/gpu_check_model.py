@@ -65,7 +65,7 @@ def main() -> int:
         backends.append("xformers")
     notes = []
     if "xformers" not in backends:
-        notes.append("xformers: " + ("not installed (pip install 'baichuan[gpu]')" if device.type == "cuda"
+        notes.append("xformers: " + ("not installed (pip install 'baichuan-stack[gpu]')" if device.type == "cuda"
                                      else "needs CUDA"))
     print(f"device: {card}; torch {torch.__version__}")
     if device.type == "cuda" and xformers_available():

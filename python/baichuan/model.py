@@ -135,7 +135,7 @@ def resolve_attn_backend(requested: str, device: torch.device) -> str:
         if not xformers_available():
             raise RuntimeError(
                 "attn_backend='xformers' but xformers is not installed; install it with "
-                "`pip install 'baichuan[gpu]'` or use attn_backend='sdpa'"
+                "`pip install 'baichuan-stack[gpu]'` or use attn_backend='sdpa'"
             )
         return "xformers"
     if requested in ("sdpa", "eager"):

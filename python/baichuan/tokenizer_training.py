@@ -214,7 +214,7 @@ def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainResult:
         import sentencepiece as spm
     except ImportError as e:  # pragma: no cover - depends on the install
         raise RuntimeError(
-            "train-tokenizer needs the sentencepiece trainer: pip install 'baichuan[train]' (or pip install sentencepiece)"
+            "train-tokenizer needs the sentencepiece trainer: pip install 'baichuan-stack[train]' (or pip install sentencepiece)"
         ) from e
     files = discover_files(cfg.inputs)
     if not files:

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         import sentencepiece as spm
     except ImportError:
         print(
-            "baichuan train-tokenizer: needs sentencepiece's trainer: pip install 'baichuan[train]' "
+            "baichuan train-tokenizer: needs sentencepiece's trainer: pip install 'baichuan-stack[train]' "
             "(or pip install sentencepiece)",
             file=sys.stderr,
         )
