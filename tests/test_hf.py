@@ -275,7 +275,9 @@ def test_errors_name_what_differs(tmp_path, spm_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     save_model(tiny(6), tmp_path / "ok")
-    with pytest.raises(FileExistsError, match="overwrite"):
+    from baichuan.errors import RefusedError
+
+    with pytest.raises(RefusedError, match="overwrite"):
         export_hf(tmp_path / "ok", tmp_path / "full", tokenizer=spm_path)
 
 
@@ -317,6 +319,10 @@ def test_deepspeed_checkpoint_export(tmp_path, spm_path, stage):
     proc = subprocess.run([sys.executable, str(script), str(ckpt), str(stage), port, str(spm_path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if stage == 3:  # weights only in the (pickled) optimizer shards, no model/model.safetensors: refused
+        with pytest.raises(CheckpointError, match=r"ZeRO-3 .*not opened.*global_step1/model"):
+            export_hf(ckpt, tmp_path / "hf")
+        return
     out = export_hf(ckpt, tmp_path / "hf")  # config and tokenizer found in global_step1/model/
     cfg, state = load_checkpoint(out)
     assert cfg.hidden_size == 64 and state["lm_head.weight"].dtype == torch.float32

@@ -10,13 +10,17 @@ official ``.bin`` layout is read by ``baichuan.hf`` with ``torch.load(weights_on
 
 from __future__ import annotations
 
-from baichuan.errors import BaichuanError
-
+import hashlib
+import json
 import os
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from baichuan.config import ModelConfig
+from baichuan.errors import BaichuanError
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +33,57 @@ WEIGHTS_NAME = "model.safetensors"
 
 class CheckpointError(BaichuanError, ValueError):
     """A model folder or state dict that does not fit the model."""
+
+
+# ----------------------------------------------------------------------- reading without pickles
+def _unpickler_detail(e: BaseException) -> str:
+    """The one informative line of torch's weights_only refusal (its advice to retry with
+    ``weights_only=False`` is exactly what must not be done with a file one did not write)."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\s+Check the documentation|$)", text, flags=re.S)
+    detail = m.group(1) if m else text.splitlines()[0] if text else type(e).__name__
+    detail = re.split(r" was not an allowed global| Please use ", detail)[0]
+    return " ".join(detail.split())[:200]
+
+
+def torch_load_plain(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: plain containers and tensors only, never
+    arbitrary objects. Any failure is one ``CheckpointError`` line naming the file."""
+    import pickle
+
+    import torch
+
+    with warnings.catch_warnings():  # torch warns about pickle protocols on hostile files
+        warnings.simplefilter("ignore")
+        try:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                # mmap needs the zip format; old-format files load without it (still weights_only).
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(
+                f"{path}: refused: it holds more than plain tensors and was not unpickled "
+                f"(torch.load weights_only=True: {_unpickler_detail(e)})"
+            ) from None
+        except Exception as e:  # truncated zip, not a torch file at all, ...
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise CheckpointError(f"{path}: not a readable torch weights file ({first})") from None
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file on the CPU; a truncated or foreign file is one ``CheckpointError`` line."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except OSError:
+        raise
+    except Exception as e:  # safetensors_rust.SafetensorError: truncated file, bad header, a pickle
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from None
 
 
 def is_native_folder(path: str | os.PathLike[str]) -> bool:
@@ -94,7 +149,6 @@ def load_model(
 ) -> BaichuanForCausalLM:
     """Load a native folder. ``dtype`` None keeps the stored dtype of the weights (per tensor)."""
     import torch
-    from safetensors.torch import load_file
 
     from baichuan.model import BaichuanForCausalLM
 
@@ -112,7 +166,7 @@ def load_model(
     config = ModelConfig.from_json_file(cfg_path)
     if attn_backend is not None:
         config.attn_backend = attn_backend
-    state = load_file(str(weights_path), device="cpu")
+    state = load_safetensors(weights_path)
     with torch.device("meta"):
         model = BaichuanForCausalLM(config)
     state = check_state_dict(model, state, str(weights_path))
@@ -122,3 +176,107 @@ def load_model(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.to(device)
+
+
+# ------------------------------------------------------------------- file hashes of a checkpoint
+MANIFEST_NAME = "files.sha256.json"
+_HASH_CHUNK = 8 << 20
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)  # releases the GIL: files hash in parallel threads
+    return h.hexdigest()
+
+
+def _checkpoint_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` (recursive, sorted, POSIX relative paths), the manifest aside."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if (p.is_file() or p.is_symlink()) and p.relative_to(folder).as_posix() != MANIFEST_NAME
+    )
+
+
+def _hash_all(folder: Path, names: list[str], workers: int) -> dict[str, str]:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return dict(zip(names, pool.map(lambda n: _sha256(folder / n), names)))
+
+
+def write_manifest(folder: str | os.PathLike[str], workers: int = 4) -> Path:
+    """Record the size and sha256 of every file of a checkpoint folder in ``folder/files.sha256.json``
+    (written atomically). Call it after the checkpoint's last file and before publishing it."""
+    d = Path(folder)
+    names = _checkpoint_files(d)
+    hashes = _hash_all(d, names, workers)
+    data = {
+        "version": 1,
+        "algorithm": "sha256",
+        "files": {n: {"size": (d / n).stat().st_size, "sha256": hashes[n]} for n in names},
+    }
+    tmp = d / (MANIFEST_NAME + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, d / MANIFEST_NAME)
+    return d / MANIFEST_NAME
+
+
+def _read_manifest(d: Path) -> dict[str, dict[str, Any]]:
+    path = d / MANIFEST_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} is missing: the checkpoint's files cannot be checked before DeepSpeed unpickles them"
+        )
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        ok = isinstance(files, dict) and all(
+            isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("size"), int)
+            for v in files.values()
+        )
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{path}: not a file manifest written by baichuan")
+    for name in files:
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts or "\\" in name:
+            raise CheckpointError(f"{path}: refusing entry {name!r} (not a path inside {d})")
+    return files
+
+
+def manifest_problems(folder: str | os.PathLike[str], workers: int = 4) -> list[str]:
+    """What differs between a checkpoint folder and its manifest, one entry per file (empty: all
+    files are exactly those recorded). A missing or unreadable manifest raises ``CheckpointError``."""
+    d = Path(folder)
+    files = _read_manifest(d)
+    present = set(_checkpoint_files(d))
+    problems = []
+    to_hash = []
+    for name, rec in sorted(files.items()):
+        p = d / name
+        if name not in present:
+            problems.append(f"{p} is missing")
+        elif p.stat().st_size != rec["size"]:
+            problems.append(f"{p} has changed since the checkpoint was saved (size {p.stat().st_size}, recorded {rec['size']})")
+        else:
+            to_hash.append(name)
+    hashes = _hash_all(d, to_hash, workers)
+    problems += [
+        f"{d / n} has changed since the checkpoint was saved (sha256 differs from {MANIFEST_NAME})"
+        for n in to_hash if hashes[n] != files[n]["sha256"]
+    ]
+    problems += [f"{d / n} was not recorded when the checkpoint was saved" for n in sorted(present - set(files))]
+    return problems
+
+
+def verify_manifest(folder: str | os.PathLike[str], workers: int = 4) -> None:
+    """Raise ``CheckpointError`` naming the first file that is missing, changed or unrecorded."""
+    problems = manifest_problems(folder, workers)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"{problems[0]}{more}; refusing to load it")

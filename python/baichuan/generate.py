@@ -24,7 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+from baichuan.errors import BaichuanError
 
 if TYPE_CHECKING:
     import torch
@@ -209,10 +211,15 @@ class TextStream:
         return text
 
 
-def check_vocab(model: BaichuanForCausalLM, tokenizer: TokenizerLike, tokenizer_name: str = "tokenizer") -> None:
+class VocabularyMismatch(BaichuanError, ValueError):
+    """The tokenizer's vocabulary is not the model's: ids would be wrong or out of range."""
+
+
+def check_vocab(model: Any, tokenizer: TokenizerLike, tokenizer_name: str = "tokenizer") -> None:
+    """Refuse a tokenizer whose vocabulary size differs from the model's ``config.vocab_size``."""
     tv, mv = tokenizer.vocab_size, model.config.vocab_size
     if tv != mv:
-        raise ValueError(
+        raise VocabularyMismatch(
             f"vocabulary mismatch: {tokenizer_name} has {tv} pieces but the model's vocab_size is {mv}; "
             "use the tokenizer the model was trained with"
         )

@@ -10,9 +10,12 @@
   model.safetensors), a transformers folder (the official baichuan-7B layout with sharded
   ``pytorch_model-*.bin`` + ``pytorch_model.bin.index.json``, a single ``pytorch_model.bin``, or
   safetensors with or without an index; what ``export_hf`` writes), or a DeepSpeed checkpoint
-  directory (ZeRO stage 1-3; the one with ``latest``, or one ``global_stepN`` tag folder), which
-  ``deepspeed.utils.zero_to_fp32`` consolidates. DeepSpeed stores pickles: only convert
-  checkpoints you wrote yourself. ``.bin`` weights are read with ``torch.load(weights_only=True)``.
+  directory (the one with ``latest``, or one tag folder such as ``step-N``/``global_stepN``).
+  Nothing a user hands us is ever unpickled: a DeepSpeed checkpoint is read from the safetensors
+  ``model/`` folder ``baichuan train`` writes into each tag; without one, ZeRO-1/2 weights come from
+  ``mp_rank_00_model_states.pt`` read with ``torch.load(weights_only=True)``; optimizer states are
+  never opened (so ZeRO-3 checkpoints without ``model/`` are refused). ``.bin`` weights are read
+  with ``torch.load(weights_only=True)`` too; any failure is one ``CheckpointError`` line.
 * ``load_pretrained(path, device, dtype)``: a ``BaichuanForCausalLM`` from any of those.
 * ``llama_config_from`` / ``to_llama_state_dict`` / ``llama_model_from``: our model as a
   transformers ``LlamaForCausalLM`` (``W_pack`` split into ``q_proj``/``k_proj``/``v_proj``),
@@ -30,7 +33,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from baichuan.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, check_state_dict
+from baichuan.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    check_state_dict,
+    load_safetensors,
+    torch_load_plain,
+)
 from baichuan.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -57,8 +67,14 @@ _IGNORED_KEY = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+def llama_rope_parameters(config: ModelConfig) -> dict[str, Any]:
+    """transformers' ``rope_parameters`` for ``config``: ``rope_theta`` plus the scaling keys as is."""
+    scaling = dict(config.rope_scaling) if config.rope_scaling else {"rope_type": "default"}
+    return {**scaling, "rope_theta": config.rope_theta}
+
+
 def llama_config_from(config: ModelConfig) -> Any:
-    """The equivalent ``transformers.LlamaConfig``."""
+    """The equivalent ``transformers.LlamaConfig`` (RoPE scaling included)."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -71,7 +87,7 @@ def llama_config_from(config: ModelConfig) -> Any:
         max_position_embeddings=config.max_position_embeddings,
         rms_norm_eps=config.rms_norm_eps,
         hidden_act=config.hidden_act,
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        rope_parameters=llama_rope_parameters(config),
         tie_word_embeddings=config.tie_word_embeddings,
         pad_token_id=config.pad_token_id,
         bos_token_id=config.bos_token_id,
@@ -142,16 +158,16 @@ def _safe_child(folder: Path, name: str, what: str) -> Path:
     return path
 
 
-def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+def _tensor_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     import torch
 
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        # mmap needs the zip format; old-format files load without it (still weights_only).
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError for anything but plain tensors
-        raise CheckpointError(f"{path}: cannot read it as plain tensors with weights_only=True ({e})") from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"{path}: expected a dict of named tensors")
+    return dict(obj)
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    return _tensor_dict(torch_load_plain(path), path)
 
 
 def is_deepspeed_checkpoint(path: str | os.PathLike[str]) -> bool:
@@ -179,11 +195,9 @@ def _config_is_hf(path: Path) -> bool:
 
 def load_hf_state_dict(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Weights of a transformers folder (official baichuan-7B layout or our export)."""
-    from safetensors.torch import load_file
-
     d = Path(folder)
     for index_name, loader in (
-        ("model.safetensors.index.json", lambda p: load_file(str(p), device="cpu")),
+        ("model.safetensors.index.json", load_safetensors),
         ("pytorch_model.bin.index.json", _load_bin),
     ):
         index_path = d / index_name
@@ -192,7 +206,9 @@ def load_hf_state_dict(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor
                 index = json.loads(index_path.read_text(encoding="utf-8"))
                 weight_map = index["weight_map"]
             except (ValueError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{index_path}: not a weight index ({e})") from None
+                raise CheckpointError(f"{index_path}: not a weight index ({str(e)[:200]})") from None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointError(f"{index_path}: not a weight index (weight_map must map names to files)")
             state: dict[str, torch.Tensor] = {}
             for shard in sorted(set(weight_map.values())):
                 part = loader(_safe_child(d, shard, str(index_path)))
@@ -202,7 +218,7 @@ def load_hf_state_dict(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor
                 raise CheckpointError(f"{index_path}: keys listed but absent from their shards: {missing[:5]}")
             return _normalise_keys(state)
     if (d / "model.safetensors").is_file():
-        return _normalise_keys(load_file(str(d / "model.safetensors"), device="cpu"))
+        return _normalise_keys(load_safetensors(d / "model.safetensors"))
     if (d / "pytorch_model.bin").is_file():
         return _normalise_keys(_load_bin(d / "pytorch_model.bin"))
     raise FileNotFoundError(
@@ -210,16 +226,55 @@ def load_hf_state_dict(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor
     )
 
 
-def _deepspeed_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+def _valid_tag(tag: str) -> bool:
+    return bool(tag) and "/" not in tag and "\\" not in tag and tag not in (".", "..")
 
-    if (path / "latest").is_file():
-        root, tag = path, None
-    else:  # a tag folder (global_stepN) was given
-        root, tag = path.parent, path.name
-    logger.info("consolidating DeepSpeed checkpoint %s (tag %s)", root, tag or "latest")
-    state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
-    return _normalise_keys(dict(state))
+
+def deepspeed_tag_dir(path: Path) -> Path:
+    """The tag folder of a DeepSpeed checkpoint: ``path/<latest>`` for a checkpoints folder, else
+    ``path`` itself (a ``step-N``/``global_stepN`` folder was given)."""
+    if not (path / "latest").is_file():
+        return path
+    tag = (path / "latest").read_text(encoding="utf-8", errors="replace").strip()
+    if not _valid_tag(tag):
+        raise CheckpointError(f"{path / 'latest'}: {tag[:80]!r} is not a checkpoint tag (a folder name in {path})")
+    if not (path / tag).is_dir():
+        raise CheckpointError(f"{path / 'latest'} names {tag}, which is missing in {path}")
+    return path / tag
+
+
+def _deepspeed_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(weights, where they came from) of a DeepSpeed checkpoint, without unpickling anything:
+    the tag's safetensors ``model/`` folder when present, else ZeRO-1/2 module weights from
+    ``mp_rank_00_model_states.pt`` (``weights_only=True``). Optimizer states are never opened."""
+    tag_dir = deepspeed_tag_dir(path)
+    native = tag_dir / "model" / WEIGHTS_NAME
+    if native.is_file():
+        logger.info("reading %s (DeepSpeed's .pt files are not opened)", native)
+        return _normalise_keys(load_safetensors(native)), str(native)
+    states = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+    zero3 = sorted(tag_dir.glob("zero_pp_rank_*_mp_rank_*_model_states.pt"))
+    if not states and zero3:
+        raise CheckpointError(_zero3_message(tag_dir))
+    if not states:
+        raise CheckpointError(f"{tag_dir}: no {Path('model') / WEIGHTS_NAME} and no mp_rank_00_model_states.pt")
+    if len(states) > 1:
+        raise CheckpointError(f"{tag_dir}: {len(states)} model-parallel ranks; only mp_rank_00 checkpoints are read")
+    data = torch_load_plain(states[0])
+    module = data.get("module") if isinstance(data, dict) else None
+    state = _tensor_dict(module, states[0])
+    if any(t.numel() == 0 for t in state.values()):  # ZeRO-3 placeholders: weights are in the optimizer shards
+        raise CheckpointError(_zero3_message(tag_dir))
+    logger.info("reading module weights of %s with weights_only=True (optimizer states are not opened)", states[0])
+    return _normalise_keys(state), str(states[0])
+
+
+def _zero3_message(tag_dir: Path) -> str:
+    return (
+        f"{tag_dir}: a ZeRO-3 checkpoint keeps its weights only in the optimizer states, which are "
+        f"pickles and are not opened; use its safetensors folder {tag_dir / 'model'} (written by "
+        "`baichuan train`), or consolidate a checkpoint you wrote yourself with DeepSpeed's zero_to_fp32.py"
+    )
 
 
 def _side_folders(path: Path) -> list[Path]:
@@ -228,8 +283,8 @@ def _side_folders(path: Path) -> list[Path]:
     writes: CKPT/latest, CKPT/step-N/{mp_rank_*, model/config.json, model/tokenizer.model})."""
     folders = [path]
     if (path / "latest").is_file():
-        tag = (path / "latest").read_text(encoding="utf-8").strip()
-        if tag and "/" not in tag and "\\" not in tag and tag not in (".", ".."):
+        tag = (path / "latest").read_text(encoding="utf-8", errors="replace").strip()
+        if _valid_tag(tag):
             folders += [path / tag, path / tag / "model"]
     elif is_deepspeed_checkpoint(path):
         folders += [path / "model", path.parent]
@@ -269,6 +324,24 @@ def _find_config(path: Path, config: str | os.PathLike[str] | ModelConfig | None
     )
 
 
+def checkpoint_folder(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, or ``FileNotFoundError``/``CheckpointError`` naming it (checked before
+    anything else, so a mistyped folder is reported as such, not as a missing tokenizer)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: expected a checkpoint folder, got a file")
+    return p
+
+
+def checkpoint_config(
+    path: str | os.PathLike[str], config: str | os.PathLike[str] | ModelConfig | None = None
+) -> ModelConfig:
+    """The ``ModelConfig`` of any checkpoint ``load_checkpoint`` reads, without reading weights."""
+    return _find_config(checkpoint_folder(path), config)
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], config: str | os.PathLike[str] | ModelConfig | None = None
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -279,24 +352,17 @@ def load_checkpoint(
 
     from baichuan.model import BaichuanForCausalLM
 
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    if p.is_file():
-        raise CheckpointError(f"{p}: expected a checkpoint folder, got a file")
+    p = checkpoint_folder(path)
     if is_deepspeed_checkpoint(p):
         cfg = _find_config(p, config)
-        state = _deepspeed_state_dict(p)
-        source = f"DeepSpeed checkpoint {p}"
+        state, source = _deepspeed_state_dict(p)
     elif is_hf_folder(p):
         cfg = _find_config(p, config)
         state = load_hf_state_dict(p)
         source = f"transformers folder {p}"
     elif (p / WEIGHTS_NAME).is_file():
         cfg = _find_config(p, config)
-        from safetensors.torch import load_file
-
-        state = load_file(str(p / WEIGHTS_NAME), device="cpu")
+        state = load_safetensors(p / WEIGHTS_NAME)
         source = str(p / WEIGHTS_NAME)
     else:
         raise FileNotFoundError(
@@ -414,7 +480,7 @@ def export_hf(
     from baichuan import Tokenizer
 
     out = Path(output)
-    ckpt = Path(checkpoint)
+    ckpt = checkpoint_folder(checkpoint)
     tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(ckpt)
     if tok_path is None or not tok_path.is_file():
         raise FileNotFoundError(
@@ -423,10 +489,13 @@ def export_hf(
         )
     if dtype != "auto" and dtype not in _DTYPES:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {out} exists and is not empty (pass --overwrite to replace it)")
     if out.resolve() == ckpt.resolve():
         raise ValueError("the output folder must differ from the checkpoint folder")
+    from baichuan.safety import plan_output
+
+    # Checked before any work; --overwrite deletes only a previous export there (baichuan.safety).
+    config_input = config if isinstance(config, (str, os.PathLike)) else None
+    plan = plan_output(out, "export-hf", overwrite=overwrite, inputs=[checkpoint, ckpt, tok_path, config_input])
 
     cfg, state = load_checkpoint(ckpt, config)
     tok = Tokenizer.from_file(tok_path)
@@ -441,11 +510,9 @@ def export_hf(
     dtypes = {v.dtype for v in state.values()}
     torch_dtype = str(next(iter(dtypes))).removeprefix("torch.") if len(dtypes) == 1 else "float32"
 
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     shards = _shard({k: v.contiguous() for k, v in state.items()}, parse_size(max_shard_size))
     n = len(shards)
+    plan.apply([f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)])
     weight_map: dict[str, str] = {}
     total = 0
     for i, shard in enumerate(shards, start=1):

@@ -138,7 +138,9 @@ def _model_config(cfg: TrainConfig, vocab_hint: int | None, saved: dict[str, Any
     if saved is not None:  # resuming: the checkpoint's architecture wins
         mc = ModelConfig.from_dict(saved)
     elif cfg.init_from:
-        mc = ModelConfig.from_json_file(Path(cfg.init_from) / "config.json")
+        from baichuan.hf import checkpoint_config
+
+        mc = checkpoint_config(cfg.init_from)
     elif cfg.model.endswith(".json") or os.sep in cfg.model:
         mc = ModelConfig.from_json_file(cfg.model)
     else:
@@ -212,6 +214,10 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         if tag is None and env.rank == 0:
             print(f"--resume: no checkpoint in {ckpt_dir} yet; starting at step 0", file=sys.stderr, flush=True)
         if tag is not None:
+            if env.local_rank == 0:  # every rank waits for this one in DeepSpeed's start-up collectives
+                from baichuan.checkpoint import verify_manifest
+
+                verify_manifest(ckpt_dir / tag)
             if not run_json.is_file():
                 raise TrainingError(f"cannot resume: {run_json} is missing")
             record = json.loads(run_json.read_text(encoding="utf-8"))
@@ -220,8 +226,10 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     expected_sha = record.get("tokenizer_sha256") if record else None
     expected_from = f"recorded in {run_json}" if expected_sha else ""
     if cfg.init_from:
-        init_tok = Path(cfg.init_from) / "tokenizer.model"
-        if init_tok.is_file() and not expected_sha:
+        from baichuan.hf import find_tokenizer
+
+        init_tok = find_tokenizer(cfg.init_from)
+        if init_tok is not None and not expected_sha:
             expected_sha, expected_from = data_mod.file_sha256(init_tok), str(init_tok)
     if cfg.tokenizer and not expected_sha:
         expected_sha, expected_from = data_sha, f"--tokenizer {cfg.tokenizer}"
@@ -266,6 +274,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     if isinstance(source, data_mod.ShardSource):
         tokenizer_sha = source.manifest.tokenizer_sha256
 
+    init_state = _init_state(cfg.init_from, mcfg, zero_stage) if cfg.init_from and tag is None else None
+
     import deepspeed
 
     if cuda:
@@ -295,14 +305,11 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         model = _build_zero3_model(mcfg, ds_config, is_main)
     else:
         model = BaichuanForCausalLM(mcfg)
-    if cfg.init_from and tag is None:
-        if zero_stage == 3:
-            raise TrainingError("--init-from with ZeRO-3 is not supported; start from a ZeRO-2 run or resume")
+    if init_state is not None:
         from baichuan.checkpoint import check_state_dict
-        from safetensors.torch import load_file
 
-        state = load_file(str(Path(cfg.init_from) / "model.safetensors"))
-        model.load_state_dict(check_state_dict(model, state, cfg.init_from), strict=True)
+        model.load_state_dict(check_state_dict(model, init_state, cfg.init_from), strict=True)
+        del init_state
 
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
@@ -342,6 +349,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     result = TrainResult(steps=start_step, nonfinite_skipped=nonfinite_total)
     last_saved = start_step if tag is not None else -1
 
+    from baichuan.checkpoint import write_manifest
+
     def save(step: int) -> None:
         nonlocal last_saved
         t = step_tag(step)
@@ -366,6 +375,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             mcfg.to_json_file(tag_dir / "config.json")
         dist.barrier()
         if is_main:
+            write_manifest(tag_dir)  # verified before --resume lets DeepSpeed unpickle these files
             _write_atomic(ckpt_dir / "latest", t + "\n")
             removed = prune_checkpoints(ckpt_dir, cfg.keep_last, protect=t)
             log.info(f"checkpoint saved: {tag_dir}" + (f" (removed {', '.join(removed)})" if removed else ""))
@@ -497,6 +507,15 @@ def _build_zero3_model(mcfg: Any, ds_config: dict[str, Any], is_main: bool) -> A
             if is_main:
                 BaichuanForCausalLM.reset_parameters(_OneModule(module, mcfg))  # type: ignore[arg-type]
     return model
+
+
+def _init_state(init_from: str, mcfg: Any, zero_stage: int) -> dict[str, Any]:
+    """--init-from weights from any checkpoint ``baichuan.hf.load_checkpoint`` reads (never unpickled)."""
+    if zero_stage == 3:
+        raise TrainingError("--init-from with ZeRO-3 is not supported; start from a ZeRO-2 run or resume")
+    from baichuan.hf import load_checkpoint
+
+    return load_checkpoint(init_from, config=mcfg)[1]
 
 
 def _save_rng(path: Path) -> None:

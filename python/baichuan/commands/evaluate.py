@@ -15,16 +15,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", required=True,
                         help="the benchmark's folder (e.g. eval-data/ceval) or a root holding all five")
     parser.add_argument("--model", required=True,
-                        help="our checkpoint folder or a transformers causal-LM folder")
+                        help="our model folder, a DeepSpeed checkpoint directory written by `baichuan train`, "
+                             "or a transformers causal-LM folder")
     parser.add_argument("--tokenizer", default=None,
-                        help="SentencePiece .model (default: tokenizer.model in --model)")
-    parser.add_argument("--shot", type=int, default=5)
+                        help="SentencePiece .model (default: the tokenizer.model stored with --model, "
+                             "found as `baichuan generate` does)")
+    parser.add_argument("--shot", type=int, default=5,
+                        help="demonstrations per prompt, from the dev split (default: 5)")
     parser.add_argument("--split", default=None,
                         help="val|test (default: val for C-Eval, test for the others)")
-    parser.add_argument("--subjects", nargs="+", default=None, metavar="SUBJECT")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--subjects", nargs="+", default=None, metavar="SUBJECT",
+                        help="subjects to evaluate, e.g. anatomy virology (default: all of the split)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="prompts per forward pass (default: 16)")
     parser.add_argument("--max-length", type=int, default=2048,
-                        help="prompt token limit; shots are dropped per the benchmark's rule")
+                        help="prompt token limit; shots are dropped per the benchmark's rule (default: 2048)")
     parser.add_argument("--output", default=None, help="folder for per-subject results, summary, plot")
     parser.add_argument("--show-prompts", action="store_true",
                         help="print each subject's first prompt")
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from baichuan.evaluation.runner import run as run_eval
 
     if args.shot < 0 or args.batch_size < 1 or args.max_length < 1:
-        print("baichuan eval: --shot must be >= 0, --batch-size and --max-length >= 1", file=sys.stderr)
+        print("baichuan eval: error: --shot must be >= 0, --batch-size and --max-length >= 1", file=sys.stderr)
         return 2
     cfg = EvalConfig(
         task=args.task, data_dir=args.data_dir, model=args.model, tokenizer=args.tokenizer,
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_eval(cfg)
     except (EvalDataError, FileNotFoundError, ValueError) as exc:
-        print(f"baichuan eval: {exc}", file=sys.stderr)
+        print(f"baichuan eval: error: {exc}", file=sys.stderr)
         return 1
     print(f"{result.task} {result.split} {result.shot}-shot, {result.questions} questions, "
           f"{result.seconds:.1f} s: {format_columns(summary_columns(result))}")

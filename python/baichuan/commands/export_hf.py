@@ -24,12 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight dtype to write (auto keeps the checkpoint's; DeepSpeed consolidation gives float32)",
     )
     parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a previous export-hf output in --output (only a folder this command wrote)")
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from baichuan.errors import BaichuanError
     from baichuan.hf import export_hf
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -43,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
             max_shard_size=args.max_shard_size,
             overwrite=args.overwrite,
         )
-    except (OSError, ValueError) as e:
-        print(f"baichuan export-hf: {e}", file=sys.stderr)
+    except ValueError as e:  # BaichuanError and OSError: printed by baichuan.cli as one line
+        if isinstance(e, BaichuanError):
+            raise
+        print(f"baichuan export-hf: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}: load with AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
     return 0

@@ -46,18 +46,19 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from baichuan import Tokenizer
+    from baichuan.errors import BaichuanError
     from baichuan.generate import GenerationConfig, check_vocab, generate
-    from baichuan.hf import find_tokenizer, load_pretrained
+    from baichuan.hf import checkpoint_folder, find_tokenizer, load_pretrained
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    model_dir = checkpoint_folder(args.model)  # a missing folder is named as such (cli prints it)
+    tok_path = Path(args.tokenizer) if args.tokenizer else find_tokenizer(model_dir) or model_dir / "tokenizer.model"
+    if not tok_path.is_file():
+        print(f"baichuan generate: error: tokenizer model not found: {tok_path} (pass --tokenizer)", file=sys.stderr)
+        return 2
     prompt = args.prompt
     if prompt is None or prompt == "-":
         prompt = sys.stdin.read()
-    model_dir = Path(args.model)
-    tok_path = Path(args.tokenizer) if args.tokenizer else find_tokenizer(model_dir) or model_dir / "tokenizer.model"
-    if not tok_path.is_file():
-        print(f"baichuan generate: tokenizer model not found: {tok_path} (pass --tokenizer)", file=sys.stderr)
-        return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     cfg = GenerationConfig(
@@ -75,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
         model = load_pretrained(model_dir, device=device, dtype=getattr(torch, dtype_name),
                                 attn_backend=args.attn_backend)
         check_vocab(model, tok, str(tok_path))
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"baichuan generate: {e}", file=sys.stderr)
+    except (ValueError, RuntimeError) as e:  # BaichuanError and OSError: printed by baichuan.cli
+        if isinstance(e, BaichuanError):
+            raise
+        print(f"baichuan generate: error: {e}", file=sys.stderr)
         return 2
     stream = None if args.no_stream else sys.stdout
     text = generate(model, tok, prompt, cfg, stream=stream)

@@ -32,6 +32,7 @@ class HFTokenizerAdapter:
     def __init__(self, tok: Any) -> None:
         self._tok = tok
         self.bos_id = tok.bos_token_id
+        self.size = len(tok)  # ids in use (added tokens included); not `vocab_size`, see check_tokenizer_fits
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False))
@@ -52,8 +53,12 @@ def load_tokenizer(model_dir: str | os.PathLike[str] | None, tokenizer: str | os
         return Tokenizer.from_file(path)
     if model_dir is None:
         raise EvalDataError("no tokenizer given")
-    spm = Path(model_dir) / "tokenizer.model"
-    if spm.is_file():
+    if not Path(model_dir).is_dir():
+        raise EvalDataError(f"{model_dir}: model directory not found")
+    from baichuan.hf import find_tokenizer
+
+    spm = find_tokenizer(model_dir)  # as `baichuan generate`: also inside a DeepSpeed checkpoint's model/
+    if spm is not None:
         return Tokenizer.from_file(spm)
     if _is_hf_folder(Path(model_dir)):
         from transformers import AutoTokenizer
@@ -106,11 +111,13 @@ def load_model(
     if backend not in BACKENDS:
         raise EvalDataError(f"unknown backend {backend!r} (have {', '.join(BACKENDS)})")
     if backend == "transformers" or (backend == "auto" and _is_hf_folder(path) and not _is_baichuan(path)):
-        from transformers import AutoModelForCausalLM
+        from baichuan.hf import is_deepspeed_checkpoint
 
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype, trust_remote_code=trust_remote_code
-        )
+        if is_deepspeed_checkpoint(path):
+            raise EvalDataError(
+                f"{path}: a DeepSpeed checkpoint, not a transformers folder; use --backend baichuan (or auto)"
+            )
+        model = _load_transformers(path, dtype, trust_remote_code)
     else:
         from baichuan.hf import load_pretrained
 
@@ -118,3 +125,24 @@ def load_model(
     model = model.to(device)
     model.eval()
     return model
+
+
+def _load_transformers(path: Path, dtype: Any, trust_remote_code: bool) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` (which reads ``.bin`` files with weights_only=True);
+    a refused or unreadable weights file is one line naming the folder, not a traceback."""
+    import pickle
+
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
+    except pickle.UnpicklingError as e:
+        from baichuan.checkpoint import _unpickler_detail
+
+        raise EvalDataError(
+            f"{path}: refused: a weights file holds more than plain tensors and was not unpickled "
+            f"(torch.load weights_only=True: {_unpickler_detail(e)})"
+        ) from None
+    except (OSError, ValueError, RuntimeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        raise EvalDataError(f"{path}: transformers could not load the model ({first})") from None

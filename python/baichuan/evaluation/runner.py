@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from baichuan.evaluation.benchmarks import Benchmark, get_benchmark, resolve_data_dir
+from baichuan.evaluation.benchmarks import DATA_SUBDIRS, Benchmark, get_benchmark, resolve_data_dir
 from baichuan.evaluation.data import LETTERS, EvalDataError, Question, SubjectData
 from baichuan.evaluation.scoring import LetterScorer, ScoreStats, softmax
 
@@ -173,11 +173,25 @@ def evaluate(
     bench = get_benchmark(cfg.task)
     split = cfg.split or bench.default_split
     data_dir = resolve_data_dir(cfg.task, cfg.data_dir)
-    available = bench.subjects(data_dir, split)
+    try:
+        available = bench.subjects(data_dir, split)
+    except EvalDataError as e:
+        if data_dir != Path(cfg.data_dir) or not str(e).endswith("directory not found"):
+            raise
+        expected = Path(cfg.data_dir) / DATA_SUBDIRS[cfg.task]
+        raise EvalDataError(
+            f"{cfg.data_dir}: no {cfg.task} data: expected the folder {expected} "
+            f"(or --data-dir pointing at the {cfg.task} folder itself, with its {split}/ files)"
+        ) from None
     if not available:
         raise EvalDataError(f"{data_dir}: no {cfg.task} {split} files found")
     subjects = available
     if cfg.subjects:
+        unknown = [s for s in cfg.subjects if s not in available]
+        if unknown:
+            raise EvalDataError(
+                f"{cfg.task} {split}: unknown subject(s) {', '.join(unknown)}; valid: {', '.join(available)}"
+            )
         subjects = list(cfg.subjects)
     encoder = Encoder(tokenizer, cfg.add_bos)
 
@@ -243,6 +257,24 @@ def resolve_device_dtype(device: str | None, dtype: str) -> tuple[str, Any]:
     return dev, dt
 
 
+def check_tokenizer_fits(model: Any, tokenizer: Any, name: str) -> None:
+    """``generate``'s check: a SentencePiece tokenizer must have exactly the model's vocabulary (a
+    smaller one scores the wrong ids, a larger one indexes past the embeddings). A transformers
+    tokenizer may be smaller than the (padded) embedding table, never larger."""
+    from baichuan.generate import VocabularyMismatch, check_vocab
+
+    if isinstance(getattr(tokenizer, "vocab_size", None), int):
+        check_vocab(model, tokenizer, name)
+        return
+    size = getattr(tokenizer, "size", None)
+    mv = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(size, int) and isinstance(mv, int) and size > mv:
+        raise VocabularyMismatch(
+            f"vocabulary mismatch: {name} has {size} tokens but the model's vocab_size is {mv}; "
+            "use the tokenizer the model was trained with"
+        )
+
+
 def run(cfg: EvalConfig) -> EvalResult:
     """Load the model named by ``cfg.model`` and evaluate it; write outputs if ``cfg.output``."""
     from baichuan.evaluation.backends import load_model, load_tokenizer
@@ -254,6 +286,7 @@ def run(cfg: EvalConfig) -> EvalResult:
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
     model = load_model(cfg.model, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
                        backend=cfg.backend)
+    check_tokenizer_fits(model, tokenizer, cfg.tokenizer or cfg.model)
     result = evaluate(cfg, model, tokenizer, model_name=Path(cfg.model).name)
     if cfg.output:
         write_outputs(result, Path(cfg.output))
