@@ -33,6 +33,22 @@ KV cache
     ``attention_mask`` of shape (B, prefix_len + T) whose first prefix_len columns are 1.
     The cache is never modified in place: each call returns new tensors.
 
+RoPE scaling (``ModelConfig.rope_scaling``: ``linear``, ``dynamic``, ``yarn``)
+    ``rope_inv_freq`` computes transformers' frequencies and attention factor with its keys and
+    defaults; logits equal ``LlamaForCausalLM`` given the same ``rope_parameters``
+    (``baichuan.hf.llama_config_from``) within 1e-5 in fp32, past the original window and with a
+    KV cache (tests/test_rope_scaling.py). ``dynamic`` (NTK) depends on the sequence length, and
+    here it is a function of each call: the frequencies are those of
+    ``seq_len = max(position_ids) + 1`` over the whole batch (past + new tokens with a cache), the
+    plain ones while that is <= ``max_position_embeddings``. Keys already in a KV cache keep the
+    rotation they were computed with, so decoding step by step past the window differs from one
+    forward over the whole sequence (each step sees its own, larger base); transformers does the
+    same. transformers' rotary module also remembers the longest length it has seen and keeps
+    those frequencies for later, shorter calls until a call within the original window resets
+    them; we keep no such state, so after a long call a shorter one past the window gives the
+    frequencies of its own length (equal to a fresh transformers model; equal to a reused one
+    whenever lengths never shrink, as in generation).
+
 Attention backends (``ModelConfig.attn_backend``)
     ``eager``: reference math (scores in the compute dtype, softmax in fp32).
     ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``.
@@ -59,6 +75,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,15 +181,115 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(dtype)
 
 
+def _default_inv_freq(theta: float, dim: int, device: torch.device | None) -> torch.Tensor:
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+
+
+def _dynamic_ntk_inv_freq(
+    config: ModelConfig, theta: float, dim: int, seq_len: int | None, device: torch.device | None
+) -> torch.Tensor:
+    """transformers' ``_compute_dynamic_ntk_parameters``, op for op (so the fp32 roundings agree):
+    the base grows to ``theta * (factor * L / max_pos - (factor - 1)) ** (dim / (dim - 2))`` with
+    ``L = max(seq_len, max_position_embeddings)``; a python number at L <= max_pos (the
+    frequencies transformers builds at init), an int64 tensor past it (what its forward passes)."""
+    factor = config.rope_scaling["factor"]  # type: ignore[index]
+    max_pos = config.max_position_embeddings
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
+    if seq_len is None or seq_len <= max_pos:
+        base: float | torch.Tensor = theta * ((factor * max_pos / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+    else:
+        n = torch.tensor(seq_len, dtype=torch.int64, device=device)
+        n = torch.maximum(n, torch.tensor(max_pos, dtype=torch.int64, device=device))
+        base = theta * ((factor * n / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+    return 1.0 / (base ** exponents)
+
+
+def _yarn_inv_freq(config: ModelConfig, theta: float, dim: int, device: torch.device | None) -> tuple[torch.Tensor, float]:
+    """transformers' ``_compute_yarn_parameters`` (YaRN, arXiv:2309.00071), op for op."""
+    rs = config.rope_scaling
+    assert rs is not None
+    factor = rs["factor"]
+    orig = rs["original_max_position_embeddings"]
+    attention_factor = rs.get("attention_factor")
+    mscale, mscale_all_dim = rs.get("mscale"), rs.get("mscale_all_dim")
+
+    def get_mscale(scale: float, m: float = 1) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if attention_factor is None:
+        if mscale and mscale_all_dim:
+            attention_factor = float(get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim))
+        else:
+            attention_factor = get_mscale(factor)
+    beta_fast = rs.get("beta_fast") or 32
+    beta_slow = rs.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(orig / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if rs.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # as transformers: no zero-width ramp
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    pos_freqs = theta ** (torch.arange(0, dim, 2).to(device=device, dtype=torch.float) / dim)
+    extrapolation = 1.0 / pos_freqs
+    interpolation = 1.0 / (factor * pos_freqs)
+    extrapolation_factor = 1 - ramp.to(device=device, dtype=torch.float)
+    inv_freq = interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor
+    return inv_freq, float(attention_factor)
+
+
+def rope_inv_freq(
+    config: ModelConfig, seq_len: int | None = None, device: torch.device | None = None
+) -> tuple[torch.Tensor, float]:
+    """(inverse frequencies, fp32 of shape head_dim/2; attention scaling) for ``config``'s RoPE.
+
+    The formulas, keys and defaults are transformers' ``ROPE_INIT_FUNCTIONS`` (5.x):
+
+    * none: ``1 / theta ** (2i / d)``; scaling 1.
+    * ``linear``: those divided by ``factor`` (positions interpolated); scaling 1.
+    * ``dynamic`` (NTK): ``theta`` raised as in ``_dynamic_ntk_inv_freq`` for ``seq_len`` past
+      ``max_position_embeddings``, the plain frequencies up to it; scaling 1.
+    * ``yarn``: per-dimension blend of the interpolated and original frequencies with a linear
+      ramp between the dimensions that turn ``beta_fast`` and ``beta_slow`` times over
+      ``original_max_position_embeddings``; cos and sin are multiplied by ``attention_factor``
+      (default ``0.1 ln(factor) + 1``, or the ``mscale``/``mscale_all_dim`` ratio).
+    """
+    theta, dim = float(config.rope_theta), config.head_dim
+    rs = config.rope_scaling
+    kind = rs["rope_type"] if rs else None
+    if kind is None:
+        return _default_inv_freq(theta, dim, device), 1.0
+    if kind == "linear":
+        exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
+        return (1.0 / (theta ** exponents)) / rs["factor"], 1.0  # type: ignore[index]
+    if kind == "dynamic":
+        return _dynamic_ntk_inv_freq(config, theta, dim, seq_len, device), 1.0
+    if kind == "yarn":
+        return _yarn_inv_freq(config, theta, dim, device)
+    raise ValueError(f"unknown rope_type {kind!r}")  # ModelConfig.validate refuses it earlier
+
+
+def rope_cos_sin(
+    position_ids: torch.Tensor, inv_freq: torch.Tensor, attention_scaling: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape (B, T, head_dim), computed in fp32 (times ``attention_scaling``), cast to ``dtype``."""
+    freqs = position_ids[..., None].float() * inv_freq.to(device=position_ids.device, dtype=torch.float32)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    if attention_scaling != 1.0:
+        cos, sin = cos * attention_scaling, sin * attention_scaling
+    return cos.to(dtype), sin.to(dtype)
+
+
 def rotary_cos_sin(
     position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape (B, T, head_dim), computed in fp32 and cast to ``dtype``."""
-    device = position_ids.device
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
-    freqs = position_ids[..., None].float() * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    """cos/sin of plain (unscaled) RoPE, shape (B, T, head_dim), computed in fp32 and cast to ``dtype``."""
+    return rope_cos_sin(position_ids, _default_inv_freq(theta, head_dim, position_ids.device), 1.0, dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -386,6 +503,7 @@ class BaichuanForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self._resolved: dict[str, str] = {}
+        self._rope_cache: dict[tuple[Any, ...], tuple[torch.Tensor, float]] = {}
         self.reset_parameters()
 
     # -------------------------------------------------------------- set-up
@@ -416,6 +534,23 @@ class BaichuanForCausalLM(nn.Module):
         if key not in self._resolved:
             self._resolved[key] = resolve_attn_backend(self.config.attn_backend, device)
         return self._resolved[key]
+
+    def rope_frequencies(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(inv_freq, attention scaling) for this call (``rope_inv_freq``; module docstring, RoPE
+        scaling). Dynamic NTK reads ``seq_len = max(position_ids) + 1`` over the whole batch; all
+        other cases are cached per device (a plain dict, so ``state_dict`` is unchanged)."""
+        cfg = self.config
+        device = position_ids.device
+        seq_len = None
+        if cfg.rope_scaling and cfg.rope_scaling["rope_type"] == "dynamic" and position_ids.numel():
+            seq_len = int(position_ids.max()) + 1
+            if seq_len > cfg.max_position_embeddings:
+                return rope_inv_freq(cfg, seq_len, device)
+        key = (str(device), cfg.rope_theta, cfg.head_dim, cfg.max_position_embeddings,
+               tuple(sorted((cfg.rope_scaling or {}).items())))
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_inv_freq(cfg, None, device)
+        return self._rope_cache[key]
 
     def set_attn_backend(self, name: str) -> None:
         if name not in ("auto", "sdpa", "eager", "xformers"):
@@ -483,7 +618,8 @@ class BaichuanForCausalLM(nn.Module):
         backend = self.attn_backend_for(device)
         mask = _build_mask(attention_mask, T, past_len, device)
         h = self.model.embed_tokens(input_ids)
-        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, h.dtype)
+        inv_freq, attention_scaling = self.rope_frequencies(position_ids)
+        cos, sin = rope_cos_sin(position_ids, inv_freq, attention_scaling, h.dtype)
 
         checkpointing = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
         presents: list[tuple[torch.Tensor, torch.Tensor]] = []
