@@ -548,7 +548,7 @@ def export_hf(
             "unk_token": tok.id_to_piece(tok.unk_id),
             "pad_token": tok.id_to_piece(cfg.pad_token_id),
             "clean_up_tokenization_spaces": False,
-            "model_max_length": cfg.max_position_embeddings,
+            "model_max_length": cfg.context_window,
         },
     )
     _write_json(

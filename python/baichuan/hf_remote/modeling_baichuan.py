@@ -1,7 +1,11 @@
 # Baichuan-7B for transformers (trust_remote_code). Written by the `baichuan` package (`baichuan
 # export-hf`). Self-contained: needs torch and transformers only. Parameter names are those of the
 # published baichuan-7B checkpoint (fused `W_pack` = [q; k; v]). The math is the same as
-# `baichuan.model` (tests/test_hf.py checks logits and generated tokens against it).
+# `baichuan.model` (tests/test_hf.py checks logits and generated tokens against it), RoPE scaling
+# (`rope_scaling`: linear, dynamic NTK, yarn, transformers' keys and formulas) included
+# (tests/test_rope_scaling.py).
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +45,98 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(dtype)
 
 
-def _rotary(position_ids, head_dim, theta, dtype):
+def rope_scaling_of(config):
+    """The config's RoPE scaling dict (``rope_type`` linear, dynamic or yarn), or None for plain RoPE.
+    transformers >= 5 keeps it as ``rope_parameters`` (with ``rope_theta``), older ones as ``rope_scaling``."""
+    rs = None
+    for name in ("rope_parameters", "rope_scaling"):
+        try:
+            rs = getattr(config, name, None)
+        except AttributeError:
+            rs = None
+        if rs:
+            break
+    if not rs:
+        return None
+    rs = dict(rs)
+    kind = rs.get("rope_type", rs.get("type", "default"))
+    if kind in (None, "default"):
+        return None
+    if kind not in ("linear", "dynamic", "yarn"):
+        raise ValueError(f"rope_scaling: unknown RoPE scaling type {kind!r} (known: linear, dynamic, yarn)")
+    rs["rope_type"] = kind
+    return rs
+
+
+def _yarn(config, rs, theta, dim, device):
+    factor = rs["factor"]
+    orig = rs.get("original_max_position_embeddings") or config.max_position_embeddings
+    attention_factor = rs.get("attention_factor")
+    mscale, mscale_all_dim = rs.get("mscale"), rs.get("mscale_all_dim")
+
+    def get_mscale(scale, m=1):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if attention_factor is None:
+        if mscale and mscale_all_dim:
+            attention_factor = float(get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim))
+        else:
+            attention_factor = get_mscale(factor)
+    beta_fast = rs.get("beta_fast") or 32
+    beta_slow = rs.get("beta_slow") or 1
+
+    def correction_dim(rotations):
+        return (dim * math.log(orig / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if rs.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    pos_freqs = theta ** (torch.arange(0, dim, 2).to(device=device, dtype=torch.float) / dim)
+    extrapolation_factor = 1 - ramp.to(device=device, dtype=torch.float)
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation_factor) + (1.0 / pos_freqs) * extrapolation_factor
+    return inv_freq, float(attention_factor)
+
+
+def rope_inv_freq(config, seq_len, device):
+    """(inverse frequencies, attention scaling): transformers' formulas for default, linear,
+    dynamic (NTK, from ``seq_len``) and yarn RoPE; the same as ``baichuan.model.rope_inv_freq``."""
+    theta = float(config.rope_theta)
+    dim = config.hidden_size // config.num_attention_heads
+    rs = rope_scaling_of(config)
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
+    if rs is None:
+        return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)), 1.0
+    kind = rs["rope_type"]
+    if kind == "linear":
+        return (1.0 / (theta ** exponents)) / rs["factor"], 1.0
+    if kind == "dynamic":
+        factor, max_pos = rs["factor"], config.max_position_embeddings
+        if seq_len is None or seq_len <= max_pos:
+            base = theta * ((factor * max_pos / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+        else:
+            n = torch.maximum(torch.tensor(seq_len, dtype=torch.int64, device=device),
+                              torch.tensor(max_pos, dtype=torch.int64, device=device))
+            base = theta * ((factor * n / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+        return 1.0 / (base ** exponents), 1.0
+    return _yarn(config, rs, theta, dim, device)
+
+
+def _rotary(position_ids, config, dtype):
+    """cos/sin (B, T, head_dim). Dynamic NTK uses seq_len = max(position_ids) + 1 of this call."""
     device = position_ids.device
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
-    freqs = position_ids[..., None].float() * inv_freq
+    rs = rope_scaling_of(config)
+    seq_len = int(position_ids.max()) + 1 if rs and rs["rope_type"] == "dynamic" and position_ids.numel() else None
+    inv_freq, scaling = rope_inv_freq(config, seq_len, device)
+    freqs = position_ids[..., None].float() * inv_freq.to(device=device, dtype=torch.float32)
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = emb.cos(), emb.sin()
+    if scaling != 1.0:
+        cos, sin = cos * scaling, sin * scaling
+    return cos.to(dtype), sin.to(dtype)
 
 
 def _rotate_half(x):
@@ -171,8 +261,7 @@ class BaiChuanModel(BaiChuanPreTrainedModel):
         if position_ids.shape[0] != B:
             position_ids = position_ids.expand(B, -1)
         mask = _build_mask(attention_mask, T, past_len, h.device)
-        cos, sin = _rotary(position_ids.to(h.device), self.config.hidden_size // self.config.num_attention_heads,
-                           self.config.rope_theta, h.dtype)
+        cos, sin = _rotary(position_ids.to(h.device), self.config, h.dtype)
         checkpointing = self.gradient_checkpointing and self.training and cache is None
         for layer in self.layers:
             if checkpointing:
