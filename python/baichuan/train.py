@@ -133,7 +133,7 @@ def prune_checkpoints(ckpt_dir: Path, keep_last: int, protect: str) -> list[str]
 
 # ----------------------------------------------------------------------------------- the run
 def _model_config(cfg: TrainConfig, vocab_hint: int | None, saved: dict[str, Any] | None):
-    from baichuan.config import ModelConfig
+    from baichuan.config import ModelConfig, scaled_for_training
 
     if saved is not None:  # resuming: the checkpoint's architecture wins
         mc = ModelConfig.from_dict(saved)
@@ -147,12 +147,13 @@ def _model_config(cfg: TrainConfig, vocab_hint: int | None, saved: dict[str, Any
         overrides = dict(cfg.model_overrides)
         if "vocab_size" not in overrides and vocab_hint is not None:
             overrides["vocab_size"] = vocab_hint
-        return ModelConfig.preset(cfg.model, **overrides)
+        return scaled_for_training(ModelConfig.preset(cfg.model, **overrides), cfg.rope_scaling, cfg.max_length)
     for k, v in cfg.model_overrides.items():
         if saved is None or k in ("attn_backend", "gradient_checkpointing"):
             setattr(mc, k, v)
     mc.validate()
-    return mc
+    # --rope-scaling applies to a new run (resuming keeps the checkpoint's config, scaling included)
+    return mc if saved is not None else scaled_for_training(mc, cfg.rope_scaling, cfg.max_length)
 
 
 def _tokenizer_vocab(cfg: TrainConfig) -> tuple[int | None, str | None]:

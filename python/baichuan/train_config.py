@@ -68,6 +68,9 @@ class TrainConfig:
     # The tokenizer .model: needed for a text directory; for shards its sha256 is checked against the manifest.
     tokenizer: str | None = None
     max_length: int = 4096
+    # RoPE scaling for a longer window, "TYPE:FACTOR" (linear, dynamic, yarn), e.g. "yarn:4"; applied
+    # to the model config of a new run (--init-from or a preset), kept from the checkpoint on resume.
+    rope_scaling: str | None = None
     steps: int = 1000
     seed: int = 1234
     # DeepSpeed JSON giving the defaults below; None means DEFAULT_DEEPSPEED.
@@ -111,6 +114,10 @@ class TrainConfig:
         for name in ("max_length", "steps", "keep_last", "log_every", "max_nonfinite_in_row"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.rope_scaling is not None:
+            from baichuan.config import parse_rope_scaling
+
+            parse_rope_scaling(self.rope_scaling)
         if self.chunked_ce < 0:
             raise ValueError(f"chunked_ce must be >= 0, got {self.chunked_ce}")
         if self.precision is not None and self.precision not in PRECISIONS:

@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init-from", help="native model folder to start from (continued pre-training)")
     g.add_argument("--tokenizer", help="tokenizer .model (required for a text directory; checked against shards)")
     g.add_argument("--max-length", type=int, help="tokens per training sequence [4096]")
+    g.add_argument("--rope-scaling", metavar="TYPE:FACTOR",
+                   help="RoPE scaling for a longer window: linear, dynamic or yarn, e.g. yarn:4 with "
+                        "--init-from MODEL --max-length 16384 (docs/model.md, long context)")
     g.add_argument("--steps", type=int, help="optimizer steps in total [1000]")
     g.add_argument("--seed", type=int, help="data shuffle and init seed [1234]")
     g.add_argument("--encode-threads", type=int,
@@ -90,6 +93,7 @@ _FIELDS = {
     "attn_backend": "attn_backend", "chunked_ce": "chunked_ce", "save_every": "save_every",
     "keep_last": "keep_last", "log_every": "log_every", "max_nonfinite_in_row": "max_nonfinite_in_row",
     "peak_tflops": "peak_tflops", "encode_threads": "encode_threads", "compile": "compile",
+    "rope_scaling": "rope_scaling",
 }
 
 
