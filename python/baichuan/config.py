@@ -318,6 +318,17 @@ class ModelConfig:
             raise RopeScalingError(f"{os.fspath(path)}: {e}") from None
 
 
+def scaled_for_training(config: ModelConfig, spec: str | None, max_length: int) -> ModelConfig:
+    """``baichuan train --rope-scaling TYPE:FACTOR``: ``config.with_rope_scaling`` (None: unchanged),
+    refusing a ``--max-length`` past the scaled window."""
+    if not spec:
+        return config
+    kind, factor = parse_rope_scaling(spec)
+    scaled = config.with_rope_scaling(kind, factor)
+    scaled.check_context(max_length, "--max-length")
+    return scaled
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The published Baichuan-7B (= the dataclass defaults).
     "7b": {},
