@@ -101,7 +101,7 @@ def test_deepspeed_config_defaults_and_overrides(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown training config keys"):
         TrainConfig.from_dict({"dataa": 1})
     TrainConfig(data="d", output_dir="o", save_every=0).validate()  # 0 = never checkpoint
-    with pytest.raises(ValueError, match="save_every must be >= 0"):
+    with pytest.raises(ValueError, match="save-every must be >= 0"):
         TrainConfig(data="d", output_dir="o", save_every=-1).validate()
 
 

@@ -5,17 +5,31 @@ and runs ``deepspeed [--hostfile H | --num_gpus N] --no_local_rank --module baic
 that.json``: one process per rank (on a CPU-only machine each rank is a CPU process talking gloo).
 ``baichuan train --num-procs N`` and ``scripts/train.sh`` go through here; a process started by a
 launcher (``RANK`` set) runs :func:`baichuan.train.run_training` directly instead.
+
+Signals: the launcher and its ranks run in their own session (process group). SIGTERM or SIGINT
+(Ctrl-C) to this process is forwarded to that whole group as SIGTERM; after a grace period what is
+left gets SIGKILL. The ranks are never left behind, the last complete checkpoint stays valid
+(``checkpoints/latest`` is only moved after a complete save), one line says where to resume, and
+the exit status is 143 (SIGTERM) or 130 (SIGINT).
+
+DeepSpeed compiles a CPU communication extension on its first CPU launch; it is kept per Python
+environment (``TORCH_EXTENSIONS_DIR``, unless set, is a folder of this environment: see
+:func:`extensions_dir`) and a line says so before the build starts.
 """
 
 from __future__ import annotations
 
 from baichuan.errors import BaichuanError
 
+import hashlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from baichuan.train_config import TrainConfig
@@ -86,7 +100,8 @@ def deepspeed_command(
             cmd += ["--num_gpus", str(num_procs)]
     else:
         cmd += ["--num_gpus", str(num_procs or 1)]
-    cmd += ["--master_port", str(master_port or free_port()), "--no_local_rank"]
+    # --log_level warning: no INFO lines from DeepSpeed's launchers (commands, "Killing subprocess").
+    cmd += ["--master_port", str(master_port or free_port()), "--log_level", "warning", "--no_local_rank"]
     cmd += ["--module", "baichuan.train", "--config", str(config_json)]
     return cmd
 
@@ -96,21 +111,144 @@ def launch(
     num_procs: int | None = 1,
     hostfile: str | os.PathLike[str] | None = None,
     master_port: int | None = None,
+    grace_s: float = 10.0,
 ) -> int:
     """Run ``cfg`` on ``num_procs`` local ranks (or the hosts of ``hostfile``); returns the exit status.
 
-    Output of the ranks streams to this process's stdout/stderr (rank 0 shows the progress bar).
-    """
+    The run directory is checked and prepared here first (``baichuan.train.prepare_run_dir``: a
+    previous run needs ``resume`` or ``overwrite``). Output of the ranks streams to this process's
+    stdout/stderr (rank 0 shows the progress bar). See the module docstring for signals."""
+    from baichuan.train import prepare_run_dir
+
     cfg.validate()
     if num_procs is not None and num_procs <= 0:
         raise LaunchError(f"num_procs must be positive, got {num_procs}")
+    if hostfile is not None:
+        parse_hostfile(hostfile)
+    prepare_run_dir(cfg)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "train_config.json"
-    cfg.to_json_file(cfg_path)
+    cfg.for_ranks().to_json_file(cfg_path)
     cmd = deepspeed_command(cfg_path.resolve(), num_procs, hostfile, master_port)
     env = dict(os.environ)
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    return subprocess.call(cmd, env=env)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
+    return _run_group(cmd, env, cfg, grace_s)
+
+
+# ----------------------------------------------------------------------------- process group
+_SIGNAL_STATUS = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+def _run_group(cmd: list[str], env: dict[str, str], cfg: TrainConfig, grace_s: float) -> int:
+    """Run ``cmd`` in a new session; forward SIGTERM/SIGINT to its whole process group."""
+    received: list[int] = []
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        _signal_group(proc.pid, signal.SIGTERM if len(received) == 1 else signal.SIGKILL)
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    old = {s: signal.signal(s, forward) for s in _SIGNAL_STATUS} if main_thread else {}
+    try:
+        status = proc.wait()
+    finally:
+        try:
+            if received or _group_alive(proc.pid):  # stopped, or the launcher left something behind
+                _stop_group(proc.pid, grace_s)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    if received:
+        from baichuan.train import _interrupted_line
+
+        name = signal.Signals(received[0]).name
+        print(f"baichuan train: stopped by {name}; all ranks ended; {_interrupted_line(cfg)}", file=sys.stderr, flush=True)
+        return _SIGNAL_STATUS[signal.Signals(received[0])]
+    return status
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group is still running (zombies waiting for a reaper do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _stop_group(pgid: int, grace_s: float) -> None:
+    """SIGTERM the group, wait up to ``grace_s`` for it to end, then SIGKILL what is left."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.1)
+    _signal_group(pgid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------ compiled extensions
+SHM_EXTENSION = "deepspeed_shm_comm"  # DeepSpeed's CPU communication op (ShareMemCommBuilder)
+
+
+def extensions_dir() -> Path:
+    """Where this Python environment keeps torch/DeepSpeed compiled extensions: under the
+    environment (``sys.prefix``) when writable, else a per-environment folder of the user cache
+    keyed by ``sys.prefix``; so two environments on one machine never rebuild in turn."""
+    prefix = Path(sys.prefix)
+    if os.access(prefix, os.W_OK):
+        return prefix / "var" / "baichuan" / "torch_extensions"
+    key = hashlib.sha256(str(prefix.resolve()).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "baichuan" / "torch_extensions" / f"{prefix.name}-{key}"
+
+
+def use_environment_extensions_dir() -> Path:
+    """Set ``TORCH_EXTENSIONS_DIR`` to :func:`extensions_dir` unless the user set it; return it."""
+    return Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir())))
+
+
+def announce_extension_build(stream: object = None) -> bool:
+    """Print one line when DeepSpeed's CPU extension is not built yet in this environment (its first
+    CPU launch compiles it for a minute or more with no output). Returns whether it printed."""
+    root = use_environment_extensions_dir()
+    built = root / SHM_EXTENSION / f"{SHM_EXTENSION}.so"
+    if built.is_file():
+        return False
+    try:
+        import deepspeed.ops
+
+        if not deepspeed.ops.__compatible_ops__.get(SHM_EXTENSION, False):
+            return False  # DeepSpeed will not build it here
+    except (ImportError, AttributeError):
+        pass
+    print(
+        f"DeepSpeed compiles its CPU communication extension ({SHM_EXTENSION}) into {root} once for this "
+        "environment: about 1-2 minutes with no output, later runs reuse it",
+        file=stream or sys.stderr, flush=True,
+    )
+    return True

@@ -174,6 +174,64 @@ def _tokenizer_vocab(cfg: TrainConfig) -> tuple[int | None, str | None]:
     return None, None
 
 
+# ----------------------------------------------------------------------- before the ranks start
+def _plan_run_dir(cfg: TrainConfig) -> Any:
+    from baichuan.safety import plan_output
+
+    return plan_output(cfg.output_dir, "train", overwrite=cfg.overwrite, resume=cfg.resume, inputs=cfg.inputs())
+
+
+def _apply_run_plan(plan: Any) -> None:
+    from baichuan.safety import KINDS
+
+    plan.apply(KINDS["train"].patterns)
+
+
+def prepare_run_dir(cfg: TrainConfig) -> None:
+    """Check the run directory (a previous run needs --resume or --overwrite), delete the previous
+    run with --overwrite (only what `baichuan train` wrote), create it and write its marker."""
+    _apply_run_plan(_plan_run_dir(cfg))
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """What the ranks would refuse, checked in the launching process before DeepSpeed starts:
+    flags, DeepSpeed JSON, data, tokenizer, model config and the run directory (no torch import)."""
+    from baichuan import data as data_mod
+
+    cfg.validate()
+    ds = build_deepspeed_config(cfg, cpu=True)  # reads --deepspeed-config
+    data_path = Path(cfg.data)
+    if not data_path.exists():
+        raise data_mod.DataError(f"training data not found: {data_path}")
+    if cfg.init_from and not Path(cfg.init_from).exists():
+        raise TrainingError(f"--init-from {cfg.init_from}: not found")
+    _plan_run_dir(cfg)
+    vocab_hint, data_sha = _tokenizer_vocab(cfg)
+    if cfg.resume and latest_tag(checkpoint_dir(cfg)) is not None:
+        return  # the checkpoint's recorded model and tokenizer win; the ranks check them
+    vocab = _model_config(cfg, vocab_hint, None).vocab_size
+    if data_mod.is_shard_dir(data_path) or (data_path.is_dir() and any(data_path.glob("shard-*.bin"))):
+        manifest = data_mod.ShardManifest.load(data_path)
+        if cfg.tokenizer:
+            data_mod.check_tokenizer(manifest, data_sha, f"--tokenizer {cfg.tokenizer}")
+        if manifest.vocab_size > vocab:
+            raise data_mod.DataError(
+                f"{data_path}: the shards' tokenizer has {manifest.vocab_size} tokens, more than the model's vocab_size {vocab}"
+            )
+        micro = int(ds.get("train_micro_batch_size_per_gpu", 1))
+        data_mod.ShardSource(manifest, cfg.max_length + 1, micro, 0, 1, cfg.seed, None).close()
+    else:
+        data_mod.list_text_files(data_path)
+        if not cfg.tokenizer:
+            raise data_mod.DataError(
+                f"{data_path} is a directory of text files: pass the tokenizer (.model) to tokenize it on the fly"
+            )
+        if vocab_hint is not None and vocab_hint > vocab:
+            raise data_mod.DataError(
+                f"{cfg.tokenizer}: the tokenizer has {vocab_hint} tokens, more than the model's vocab_size {vocab}"
+            )
+
+
 def run_training(cfg: TrainConfig) -> TrainResult:
     """Train one rank; see the module docstring."""
     cfg.validate()
@@ -205,6 +263,9 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         raise data_mod.DataError(f"training data not found: {data_path}")
     run_dir = Path(cfg.output_dir)
     ckpt_dir = checkpoint_dir(cfg)
+    # Every rank checks the run directory before any rank writes (rank 0 applies it after the
+    # rendezvous below): a previous run is refused without resume/overwrite (baichuan.safety).
+    run_plan = _plan_run_dir(cfg)
 
     # What was recorded when the run started (resume) wins over the command line for the model.
     run_json = run_dir / "run.json"
@@ -277,16 +338,23 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
 
     init_state = _init_state(cfg.init_from, mcfg, zero_stage) if cfg.init_from and tag is None else None
 
+    from baichuan.launch import announce_extension_build, use_environment_extensions_dir
+
+    use_environment_extensions_dir()
     import deepspeed
 
     if cuda:
         torch.cuda.set_device(env.local_rank)
     device = torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
+    if not cuda and env.rank == 0:
+        announce_extension_build()
     deepspeed.init_distributed(dist_backend=cfg.dist_backend or ("nccl" if cuda else "gloo"))
     import torch.distributed as dist
 
     is_main = env.rank == 0
+    dist.barrier()  # every rank has checked the run directory above
     if is_main:
+        _apply_run_plan(run_plan)
         run_dir.mkdir(parents=True, exist_ok=True)
         if record is None:
             record = {
@@ -677,6 +745,15 @@ def main(argv: list[str] | None = None) -> int:
     return run_and_report(cfg)
 
 
+def _interrupted_line(cfg: TrainConfig) -> str:
+    try:
+        tag = latest_tag(checkpoint_dir(cfg))
+    except TrainingError:
+        tag = None
+    where = f"the last complete checkpoint is {checkpoint_dir(cfg) / tag}" if tag else "no checkpoint was completed"
+    return f"{where}; continue with --resume (--output-dir {cfg.output_dir})"
+
+
 def run_and_report(cfg: TrainConfig) -> int:
     """Run one rank; a clear one-line error and exit status 2 for bad input."""
     from baichuan.data import DataError
@@ -686,6 +763,10 @@ def run_and_report(cfg: TrainConfig) -> int:
     except (DataError, TrainingError, FileNotFoundError, ValueError) as e:
         print(f"baichuan train: error: {e}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line (rank 0), no traceback from any rank
+        if DistEnv.from_env().rank == 0:
+            print(f"baichuan train: interrupted; {_interrupted_line(cfg)}", file=sys.stderr, flush=True)
+        return 130
     finally:
         try:
             import torch.distributed as dist

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,9 @@ class TrainConfig:
     log_every: int = 10
     max_nonfinite_in_row: int = 10
     resume: bool = False
+    # Delete a previous run's files in output_dir first (only what `baichuan train` wrote there;
+    # baichuan.safety). Never written to a run's train_config.json (see ``for_ranks``).
+    overwrite: bool = False
     tensorboard: bool = True
     plot: bool = True
     progress: bool = True
@@ -105,29 +109,50 @@ class TrainConfig:
     inject_nonfinite: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
+        """Check every field that needs no file (sizes, rates, names); ValueError names the flag."""
         if not self.data:
             raise ValueError("no training data given (--data: a `baichuan tokenize` output or a directory of text files)")
         if not self.output_dir:
-            raise ValueError("no output directory given")
+            raise ValueError("no output directory given (--output-dir)")
         if self.save_every < 0:
-            raise ValueError(f"save_every must be >= 0 (0 = no checkpoints), got {self.save_every}")
+            raise ValueError(f"--save-every must be >= 0 (0 = no checkpoints), got {self.save_every}")
         for name in ("max_length", "steps", "keep_last", "log_every", "max_nonfinite_in_row"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"{_flag(name)} must be positive, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
         if self.rope_scaling is not None:
             from baichuan.config import parse_rope_scaling
 
             parse_rope_scaling(self.rope_scaling)
         if self.chunked_ce < 0:
-            raise ValueError(f"chunked_ce must be >= 0, got {self.chunked_ce}")
+            raise ValueError(f"--chunked-ce must be >= 0, got {self.chunked_ce}")
         if self.precision is not None and self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0..3, got {self.zero_stage}")
-        for name in ("micro_batch_size", "gradient_accumulation_steps", "warmup_steps"):
+            raise ValueError(f"--zero-stage must be 0..3, got {self.zero_stage}")
+        for name in ("micro_batch_size", "gradient_accumulation_steps", "warmup_steps", "encode_threads"):
             v = getattr(self, name)
             if v is not None and v <= 0:
-                raise ValueError(f"{name} must be positive, got {v}")
+                raise ValueError(f"{_flag(name)} must be positive, got {v}")
+        _check_number("lr", self.lr, low=0.0, low_open=True)
+        _check_number("peak_tflops", self.peak_tflops, low=0.0, low_open=True)
+        _check_number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        _check_number("weight_decay", self.weight_decay, low=0.0)
+        _check_number("grad_clip", self.grad_clip, low=0.0)
+        if self.overwrite and self.resume:
+            raise ValueError("--overwrite and --resume contradict each other; pass one of them")
+
+    def inputs(self) -> list[str]:
+        """The files and folders the run reads (``--overwrite`` never deletes one of them)."""
+        paths = [self.data, self.tokenizer, self.init_from, self.deepspeed_config]
+        if self.model.endswith(".json") or os.sep in self.model:
+            paths.append(self.model)
+        return [p for p in paths if p]
+
+    def for_ranks(self) -> TrainConfig:
+        """The config the launched ranks get: the run directory is prepared already (no overwrite)."""
+        return dataclasses.replace(self, overwrite=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -152,6 +177,22 @@ class TrainConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(data)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_number(name: str, v: float | None, low: float, high: float | None = None, low_open: bool = False) -> None:
+    """``v`` (when set) is a finite number >= ``low`` (> with ``low_open``) and <= ``high``."""
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{_flag(name)} must be a finite number, got {v!r}")
+    if v < low or (low_open and v == low) or (high is not None and v > high):
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        bound += f" and <= {high:g}" if high is not None else ""
+        raise ValueError(f"{_flag(name)} must be {bound}, got {v:g}")
 
 
 def load_deepspeed_json(path: str | os.PathLike[str] | None) -> dict[str, Any]:

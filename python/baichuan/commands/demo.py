@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DeepSpeed ranks on this machine (default: 2 when there are 2+ cores, else 1)")
     parser.add_argument("--prompt", default="百川分词器", help="prompt for the sample generation (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="delete --output first if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete a previous demo's files in --output first (only a folder `baichuan demo` wrote)")
 
 
 def _stage(i: int, what: str) -> float:
@@ -46,12 +46,11 @@ def run(args: argparse.Namespace) -> int:
     from baichuan.sample_corpus import write_sample_corpus
     from baichuan.tokenizer_training import TrainTokenizerConfig, train_tokenizer
 
+    from baichuan.safety import KINDS, plan_output
+
     out = Path(args.output)
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            raise SystemExit(f"baichuan demo: {out} is not empty; pass --overwrite or choose another --output")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # Refused before any work; --overwrite deletes only a previous demo's own files (baichuan.safety).
+    plan_output(out, "demo", overwrite=args.overwrite).apply(KINDS["demo"].patterns)
     num_procs = args.num_procs or (2 if (os.cpu_count() or 1) >= 2 else 1)
     t_all = time.perf_counter()
 
@@ -100,6 +99,8 @@ def _train(args: argparse.Namespace, out: Path, tokenizer: Path, num_procs: int)
         warmup_steps=max(1, args.steps // 10), precision="fp32", save_every=args.steps, keep_last=1,
         progress=sys.stderr.isatty(), log_every=max(1, args.steps // 10))
     status = launch(cfg, num_procs=num_procs)
+    if status in (130, 143):  # stopped by Ctrl-C or SIGTERM: launch() said so in one line
+        raise SystemExit(status)
     if status != 0:
         raise SystemExit(f"baichuan demo: training failed (exit status {status}); see the output above")
     ckpt = checkpoint_dir(cfg)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -30,7 +31,13 @@ def _override(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+# Numbers such as -1e-3 are values, not options (argparse's own pattern misses exponents), so that
+# `--lr -1e-3` reaches validation and is refused there with the flag named.
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p._negative_number_matcher = _NEGATIVE_NUMBER  # type: ignore[attr-defined]
     g = p.add_argument_group("run")
     g.add_argument("--config", help="TrainConfig JSON (e.g. a run's train_config.json); flags below override it")
     g.add_argument("--data", help="`baichuan tokenize` output directory, or a directory of UTF-8 text files (one document per line)")
@@ -49,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--encode-threads", type=int,
                    help="tokenizer threads per rank for a text directory [all cores; set cores/ranks on shared nodes]")
     g.add_argument("--resume", action="store_true", default=None, help="continue from <output-dir>/checkpoints/latest")
+    g.add_argument("--overwrite", action="store_true", default=None,
+                   help="delete the previous run in --output-dir first (only files `baichuan train` wrote there)")
     o = p.add_argument_group("optimisation (override the DeepSpeed JSON)")
     o.add_argument("--deepspeed-config", "--deepspeed_config", dest="deepspeed_config",
                    help="DeepSpeed JSON (default: built-in, same as config/deepspeed.json)")
@@ -94,6 +103,7 @@ _FIELDS = {
     "keep_last": "keep_last", "log_every": "log_every", "max_nonfinite_in_row": "max_nonfinite_in_row",
     "peak_tflops": "peak_tflops", "encode_threads": "encode_threads", "compile": "compile",
     "rope_scaling": "rope_scaling",
+    "overwrite": "overwrite",
 }
 
 
@@ -117,21 +127,35 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Everything that can be checked is checked here, in this process, before DeepSpeed starts:
+    the flags, the data and tokenizer, the model config, and the run directory (a previous run is
+    refused without --resume/--overwrite); a problem is one line and exit status 2."""
     try:
         cfg = config_from_args(args)
-        cfg.validate()
+        launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+        if not launched:
+            from baichuan.train import preflight
+
+            cfg.validate()
+            if args.num_procs is not None and args.num_procs <= 0:
+                raise ValueError(f"--num-procs must be positive, got {args.num_procs}")
+            if args.hostfile:
+                from baichuan.launch import parse_hostfile
+
+                parse_hostfile(args.hostfile)
+            preflight(cfg)
+            if args.num_procs or args.hostfile:
+                from baichuan.launch import launch
+
+                return launch(cfg, args.num_procs, args.hostfile, args.master_port)
+            from baichuan.train import prepare_run_dir
+
+            prepare_run_dir(cfg)
+            cfg = cfg.for_ranks()
     except (ValueError, FileNotFoundError) as e:
         print(f"baichuan train: error: {e}", file=sys.stderr)
         return 2
-    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    if (args.num_procs or args.hostfile) and not launched:
-        from baichuan.launch import LaunchError, launch
-
-        try:
-            return launch(cfg, args.num_procs, args.hostfile, args.master_port)
-        except LaunchError as e:
-            print(f"baichuan train: error: {e}", file=sys.stderr)
-            return 2
+    # One process (or a rank started by an outside launcher, which baichuan.train checks itself).
     from baichuan.train import run_and_report
 
     return run_and_report(cfg)

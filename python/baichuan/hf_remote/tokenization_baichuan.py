@@ -1,19 +1,116 @@
 # Baichuan-7B tokenizer for transformers (trust_remote_code), written by `baichuan export-hf`.
-# It wraps the `baichuan` package's Rust SentencePiece tokenizer (byte-identical to sentencepiece),
-# reading `tokenizer.model` from this folder: `pip install baichuan` to use it.
+# It reads `tokenizer.model` (SentencePiece BPE) from this folder with one of two backends that give
+# identical ids:
+#   * the Rust tokenizer of the `baichuan` import package (`pip install baichuan-stack`), when it is
+#     importable: several times faster, and batches are encoded on all cores;
+#   * `sentencepiece` otherwise (what an environment with only transformers + sentencepiece has, as
+#     when the folder is downloaded from the Hub).
+# `tokenizer_backend="baichuan"` or `"sentencepiece"` (a from_pretrained keyword) forces one;
+# `tokenizer.backend_name` says which one is in use.
 import os
 import shutil
 
+import transformers
 from transformers import PreTrainedTokenizer
 
-try:
-    from baichuan import Tokenizer as _RustTokenizer
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "this tokenizer wraps the `baichuan` package's Rust tokenizer; install it with `pip install baichuan`"
-    ) from e
-
 VOCAB_FILES_NAMES = {"vocab_file": "tokenizer.model"}
+BACKENDS = ("auto", "baichuan", "sentencepiece")
+_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+
+
+class _RustBackend:
+    """The `baichuan` package's Rust tokenizer (byte-identical to sentencepiece)."""
+
+    name = "baichuan"
+
+    def __init__(self, tokenizer_class, vocab_file):
+        self._tok = tokenizer_class.from_file(vocab_file)
+        self.vocab_size = self._tok.vocab_size
+
+    def encode(self, text):
+        return self._tok.encode(text)
+
+    def encode_batch(self, texts):
+        return self._tok.encode_batch(list(texts))
+
+    def encode_as_pieces(self, text):
+        return self._tok.encode_as_pieces(text)
+
+    def decode(self, ids):
+        return self._tok.decode(ids)
+
+    def id_to_piece(self, index):
+        return self._tok.id_to_piece(index)
+
+    def piece_to_id(self, piece):
+        return self._tok.piece_to_id(piece)
+
+
+class _SentencePieceBackend:
+    """Google's `sentencepiece`: the reference the Rust tokenizer is tested against."""
+
+    name = "sentencepiece"
+
+    def __init__(self, processor_class, vocab_file):
+        self._sp = processor_class(model_file=vocab_file)
+        self.vocab_size = self._sp.get_piece_size()
+
+    def encode(self, text):
+        return self._sp.encode(text)
+
+    def encode_batch(self, texts):
+        return self._sp.encode(list(texts))
+
+    def encode_as_pieces(self, text):
+        return self._sp.encode(text, out_type=str)
+
+    def decode(self, ids):
+        return self._sp.decode(ids)
+
+    def id_to_piece(self, index):
+        return self._sp.id_to_piece(index)
+
+    def piece_to_id(self, piece):
+        return self._sp.piece_to_id(piece)
+
+
+def _rust_backend(vocab_file):
+    """The Rust backend, or None when the `baichuan` package (baichuan-stack) is not importable."""
+    try:
+        from baichuan import Tokenizer
+    except ImportError:
+        return None
+    return _RustBackend(Tokenizer, vocab_file)
+
+
+def _sentencepiece_backend(vocab_file):
+    try:
+        from sentencepiece import SentencePieceProcessor
+    except ImportError:
+        return None
+    return _SentencePieceBackend(SentencePieceProcessor, vocab_file)
+
+
+def load_backend(vocab_file, choice="auto"):
+    """The backend named by ``choice`` ("auto": Rust when importable, else sentencepiece)."""
+    if choice not in BACKENDS:
+        raise ValueError(f"tokenizer_backend must be one of {', '.join(BACKENDS)}, got {choice!r}")
+    if choice in ("auto", "baichuan"):
+        backend = _rust_backend(vocab_file)
+        if backend is not None:
+            return backend
+        if choice == "baichuan":
+            raise ImportError(
+                "tokenizer_backend='baichuan' needs the Rust tokenizer of the baichuan-stack package: "
+                "pip install baichuan-stack"
+            )
+    backend = _sentencepiece_backend(vocab_file)
+    if backend is None:
+        raise ImportError(
+            "the Baichuan tokenizer needs sentencepiece (pip install sentencepiece) or the faster Rust "
+            "tokenizer of the baichuan-stack package (pip install baichuan-stack)"
+        )
+    return backend
 
 
 class BaiChuanTokenizer(PreTrainedTokenizer):
@@ -22,7 +119,7 @@ class BaiChuanTokenizer(PreTrainedTokenizer):
 
     def __init__(
         self,
-        vocab_file,
+        vocab_file=None,
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",
@@ -30,12 +127,19 @@ class BaiChuanTokenizer(PreTrainedTokenizer):
         add_bos_token=False,
         add_eos_token=False,
         clean_up_tokenization_spaces=False,
+        tokenizer_backend="auto",
         **kwargs,
     ):
-        if not os.path.isfile(vocab_file):
-            raise FileNotFoundError(f"tokenizer model not found: {vocab_file}")
+        if vocab_file is None or not os.path.isfile(vocab_file):
+            where = kwargs.get("name_or_path") or (os.path.dirname(vocab_file) if vocab_file else "")
+            # ValueError: transformers replaces an OSError raised here by a generic message
+            raise ValueError(
+                f"tokenizer.model not found{' in ' + str(where) if where else ''}: the Baichuan tokenizer "
+                "reads this SentencePiece model (copy it into the folder, or export again with "
+                "`baichuan export-hf --tokenizer PATH`)"
+            )
         self.vocab_file = vocab_file
-        self._rust = _RustTokenizer.from_file(vocab_file)
+        self._backend = load_backend(vocab_file, tokenizer_backend)
         self.add_bos_token = add_bos_token
         self.add_eos_token = add_eos_token
         super().__init__(
@@ -50,25 +154,64 @@ class BaiChuanTokenizer(PreTrainedTokenizer):
         )
 
     @property
+    def backend_name(self):
+        """``"baichuan"`` (the Rust tokenizer) or ``"sentencepiece"``."""
+        return self._backend.name
+
+    @property
     def vocab_size(self):
-        return self._rust.vocab_size
+        return self._backend.vocab_size
 
     def get_vocab(self):
-        vocab = {self._rust.id_to_piece(i): i for i in range(self.vocab_size)}
+        vocab = {self._backend.id_to_piece(i): i for i in range(self.vocab_size)}
         vocab.update(self.added_tokens_encoder)
         return vocab
 
+    # -- encoding: plain strings go to the backend whole (one call per batch); a string holding an
+    # added token ("</s>", ...) takes transformers' generic path, which splits it out first.
+    def _pre_encode(self, texts, kwargs):
+        """``texts`` with every plain string replaced by its ids (batched through the backend)."""
+        split_all = kwargs.get("split_special_tokens", getattr(self, "split_special_tokens", False))
+        added = () if split_all else tuple(self.get_added_vocab())
+        plain = [
+            i for i, t in enumerate(texts)
+            if isinstance(t, str) and t and not any(token in t for token in added)
+        ]
+        if not plain:
+            return texts
+        out = list(texts)
+        for i, ids in zip(plain, self._backend.encode_batch([texts[i] for i in plain])):
+            if ids:  # an empty result stays text (transformers refuses an empty id list)
+                out[i] = ids
+        return out
+
+    def _encode_plus(self, text, text_pair=None, **kwargs):
+        if not kwargs.get("is_split_into_words", False):
+            batched = _TRANSFORMERS_MAJOR >= 5 and isinstance(text, (list, tuple)) and text
+            if batched and text_pair is None and isinstance(text[0], (str, list, tuple)):
+                text = self._pre_encode(text, kwargs)
+            elif isinstance(text, str):
+                text = self._pre_encode([text], kwargs)[0]
+                if isinstance(text_pair, str):
+                    text_pair = self._pre_encode([text_pair], kwargs)[0]
+        return super()._encode_plus(text, text_pair=text_pair, **kwargs)
+
+    def _batch_encode_plus(self, batch_text_or_text_pairs, **kwargs):  # transformers 4.x only
+        if not kwargs.get("is_split_into_words", False):
+            batch_text_or_text_pairs = self._pre_encode(batch_text_or_text_pairs, kwargs)
+        return super()._batch_encode_plus(batch_text_or_text_pairs, **kwargs)
+
     def _tokenize(self, text, **kwargs):
-        return self._rust.encode_as_pieces(text)
+        return self._backend.encode_as_pieces(text)
 
     def _convert_token_to_id(self, token):
-        return self._rust.piece_to_id(token)
+        return self._backend.piece_to_id(token)
 
     def _convert_id_to_token(self, index):
-        return self._rust.id_to_piece(int(index))
+        return self._backend.id_to_piece(int(index))
 
     def convert_tokens_to_string(self, tokens):
-        return self._rust.decode([self._rust.piece_to_id(t) for t in tokens])
+        return self._backend.decode([self._backend.piece_to_id(t) for t in tokens])
 
     def _decode(self, token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=None, **kwargs):
         if isinstance(token_ids, int):
@@ -77,7 +220,7 @@ class BaiChuanTokenizer(PreTrainedTokenizer):
         if skip_special_tokens:
             special = set(self.all_special_ids)
             ids = [i for i in ids if i not in special]
-        return self._rust.decode(ids)
+        return self._backend.decode(ids)
 
     def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
         bos = [self.bos_token_id] if self.add_bos_token else []
