@@ -246,7 +246,7 @@ def test_refuses_to_mix_jobs(corpus: Path, reference, tmp_path: Path) -> None:
 
 class MegatronIndexedDataset:
     """A strict reader of Megatron's MMIDIDX .idx/.bin pair written from
-    shared/notes/megatron-indexed-dataset.md (not from our writer)."""
+    docs/formats.md, "Megatron byte layout" (not from our writer)."""
 
     DTYPES = {1: "<u1", 2: "<i1", 3: "<i2", 4: "<i4", 5: "<i8", 8: "<u2"}
 

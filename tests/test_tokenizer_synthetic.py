@@ -1,4 +1,4 @@
-"""Hand-built ModelProtos (notes §10): merge priority corner cases (ties, ±0.0, NaN, ±inf),
+"""Hand-built ModelProtos (docs/sentencepiece-behaviour.md §10): merge priority corner cases (ties, ±0.0, NaN, ±inf),
 UNUSED resegmentation, CONTROL pieces, byte fallback at odd ids, missing unk, NUL pieces, and
 load-time errors. Every expectation is checked against sentencepiece itself."""
 

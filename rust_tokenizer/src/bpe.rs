@@ -1,4 +1,5 @@
-//! SentencePiece's BPE agenda over one piece of normalized text (notes §3): initial symbols
+//! SentencePiece's BPE agenda over one piece of normalized text (`docs/sentencepiece-behaviour.md`
+//! §3): initial symbols
 //! (characters, or frozen user-defined pieces when asked), candidate pairs scored by the merged
 //! piece's score, highest score first and leftmost on ties (`f32::total_cmp` order), stale entries
 //! detected by byte length, UNUSED pieces resegmented at the end.
@@ -307,7 +308,7 @@ fn top_id(tok: &Tokenizer, text: &[u8], l: &Sym, r: &Sym) -> u32 {
     Bpe::score_of(tok, text, l, r).map_or(NONE, |x| x.1)
 }
 
-/// Resegments UNUSED pieces and classifies the symbol (notes §3.6).
+/// Resegments UNUSED pieces and classifies the symbol (`docs/sentencepiece-behaviour.md` §3.6).
 fn emit(
     tok: &Tokenizer,
     text: &[u8],

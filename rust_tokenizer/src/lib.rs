@@ -1,4 +1,4 @@
-//! Byte-identical SentencePiece BPE tokenizer (see `../shared/notes/sentencepiece-bpe.md` for the
+//! Byte-identical SentencePiece BPE tokenizer (see `docs/sentencepiece-behaviour.md` for the
 //! behaviour it reproduces) and the bulk corpus tokenization pipeline.
 //!
 //! This crate knows nothing of Python: the bindings live in `py.rs` behind the `python` feature.

@@ -1,5 +1,5 @@
 //! Megatron-LM `MMapIndexedDataset` writer (`PREFIX.bin` + `PREFIX.idx`), written from
-//! `shared/notes/megatron-indexed-dataset.md`: one sequence per document (no sentence splitting),
+//! `docs/formats.md` ("Megatron byte layout"): one sequence per document (no sentence splitting),
 //! `doc_index = [0, 1, ..., N]`, dtype code 8 (uint16) when vocab < 65500 else 4 (int32).
 //!
 //! Streaming with bounded memory: tokens go to `PREFIX.bin.tmp` and each document's length
@@ -220,7 +220,7 @@ pub fn finish_files(prefix: &Path, dtype: DType, at: MegatronCheckpoint) -> Resu
 mod tests {
     use super::*;
 
-    /// The worked example of the format note, section 5.
+    /// The worked example of `docs/formats.md`, "Megatron byte layout".
     #[test]
     fn worked_example_bytes() {
         let dir = std::env::temp_dir().join(format!("bc-mega-test-{}", std::process::id()));

@@ -1,4 +1,4 @@
-//! SentencePiece normalization (notes §2): the `precompiled_charsmap` (a Darts-clone double array
+//! SentencePiece normalization (`docs/sentencepiece-behaviour.md` §2): the `precompiled_charsmap` (a Darts-clone double array
 //! plus a string pool), user-defined pieces that bypass it, SentencePiece's own per-byte UTF-8
 //! validity rule, and the whitespace options.
 

@@ -1,5 +1,5 @@
 //! A hand-written reader for the few `sentencepiece_model.proto` (proto2) fields that matter at
-//! encode/decode time (see `../shared/notes/sentencepiece-bpe.md` §1.1). No code generation, no
+//! encode/decode time (see `docs/sentencepiece-behaviour.md` §1.1). No code generation, no
 //! dependencies; every read is bounds-checked, so truncated or random bytes give an error string,
 //! never a panic.
 

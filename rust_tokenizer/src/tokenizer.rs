@@ -1,5 +1,5 @@
 //! The public Rust API: a SentencePiece BPE model that encodes and decodes byte-identically to
-//! `sentencepiece` 0.2.3 (behaviour: `../shared/notes/sentencepiece-bpe.md`).
+//! `sentencepiece` 0.2.3 (behaviour: `docs/sentencepiece-behaviour.md`).
 //!
 //! Pipeline: normalize the whole input (`normalizer.rs`), cut the normalized string into chunks
 //! at points where no vocabulary piece can span the cut (decided per model at load time, see
@@ -38,11 +38,11 @@ pub(crate) struct Piece {
     pub kind: PieceType,
 }
 
-/// Where the normalized string may be cut without changing the BPE result (notes §4). Every
+/// Where the normalized string may be cut without changing the BPE result (`docs/sentencepiece-behaviour.md` §4). Every
 /// merged symbol is a mergeable piece, so a cut between adjacent characters `x y` is exact when no
 /// mergeable piece (NORMAL, USER_DEFINED, UNUSED) contains `x y` next to each other. `adjacent`
 /// holds every such pair (packed characters), computed at load time; the chunker cuts wherever
-/// the pair is absent. This contains the notes' "cut before ▁" rules as special cases (for
+/// the pair is absent. This contains the spec's "cut before ▁" rules (§4) as special cases (for
 /// Baichuan-7B no piece has `x▁`; for Llama only `▁▁`; for InternLM also `\t▁`, `\n▁`) and also
 /// cuts inside CJK runs. Frozen user-defined symbols are always cut around (they never merge).
 #[derive(Debug, Clone)]
