@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -128,28 +128,62 @@ class ProgressLine:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def message(self, text: str) -> None:
+        """Prints a line of its own (a warning) without mixing it into the progress line."""
+        if self.tty and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.width = 0
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
 
 
-def run_tokenize(config: TokenizeConfig, progress: bool = True, stream: TextIO = sys.stderr) -> dict[str, Any]:
+WARNING_PREFIX = "baichuan tokenize: warning: "
+
+
+def run_tokenize(
+    config: TokenizeConfig,
+    progress: bool = True,
+    stream: TextIO = sys.stderr,
+    warn: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Runs a job to the end and returns its manifest. Ctrl-C stops it at a safe point (the output
-    stays resumable with ``resume=True``) and re-raises ``KeyboardInterrupt``."""
+    stays resumable with ``resume=True``) and re-raises ``KeyboardInterrupt``.
+
+    Warnings (our own outputs found among the inputs and left out; files that look binary) go to
+    ``warn`` as they come, one line each naming the file; by default they are printed to
+    ``stream`` as ``baichuan tokenize: warning: ...`` (also with ``progress=False``)."""
     job = _tokenizer.CorpusJob(config.to_json())
     bar = ProgressLine(stream) if progress else None
+
+    def flush_warnings() -> None:
+        for w in job.take_warnings():
+            if warn is not None:
+                warn(w)
+            elif bar is not None:
+                bar.message(WARNING_PREFIX + w)
+            else:
+                stream.write(WARNING_PREFIX + w + "\n")
+                stream.flush()
+
     job.start()
     try:
         while not job.wait(0.1):
+            flush_warnings()
             if bar is not None:
                 bar.update(job.progress())
     except KeyboardInterrupt:
         job.cancel()
         job.wait(3600.0)
+        flush_warnings()
         if bar is not None:
             bar.close()
         raise
+    flush_warnings()
     if bar is not None:
         bar.update(job.progress(), force=True)
         bar.close()

@@ -22,10 +22,53 @@ import gzip
 import io
 import json
 import os
+import re
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from baichuan.errors import BaichuanError
+
+
+class TrainTokenizerError(BaichuanError):
+    """An input that cannot be read, or options sentencepiece's trainer refuses (in our flag names)."""
+
+
+# sentencepiece's TrainerSpec field -> our `baichuan train-tokenizer` flag
+SPM_FLAGS: dict[str, str] = {
+    "vocab_size": "--vocab-size",
+    "character_coverage": "--character-coverage",
+    "input_sentence_size": "--input-sentence-size",
+    "max_sentencepiece_length": "--max-sentencepiece-length",
+    "max_sentence_length": "--max-sentence-length",
+    "user_defined_symbols": "--user-defined-symbols",
+    "control_symbols": "--control-symbols",
+    "split_digits": "--split-digits",
+    "byte_fallback": "--no-byte-fallback",
+    "num_threads": "--num-threads",
+    "model_prefix": "--model-prefix",
+}
+_SPM_LOCATION = re.compile(r"^\s*(?:[A-Za-z_]+:\s*)?\S+\.cc\(\d+\)\s*(?:\[(.*?)\])?\s*", re.DOTALL)
+_SPM_FIELD = re.compile(r"(?:--)?\b(?:trainer_spec_?\.|normalizer_spec_?\.)?(" + "|".join(SPM_FLAGS) + r")\b(?:\(\))?")
+
+
+def translate_trainer_error(message: str) -> str:
+    """sentencepiece's trainer error in our terms: its source location dropped, its field names
+    (``character_coverage``, ``trainer_spec.vocab_size()``) replaced by our flags."""
+    text = message.strip()
+    condition = ""
+    m = _SPM_LOCATION.match(text)
+    if m:
+        condition = (m.group(1) or "").strip()
+        text = text[m.end() :].strip()
+    text = _SPM_FIELD.sub(lambda f: SPM_FLAGS[f.group(1)], text)
+    condition = _SPM_FIELD.sub(lambda f: SPM_FLAGS[f.group(1)], condition)
+    if not text:
+        return f"sentencepiece's trainer refused the options: it requires {condition}" if condition else message
+    flags = [flag for flag in dict.fromkeys(re.findall(r"--[a-z-]+", condition)) if flag not in text]
+    return f"sentencepiece's trainer: {text}" + (f" (check {', '.join(flags)})" if flags else "")
 
 # Baichuan-7B's user-defined symbols before the reserved ones, in the released model's order
 # (pieces 3..91): markup, digits, full-width digits and punctuation.
@@ -86,7 +129,7 @@ class TrainTokenizerConfig:
     def trainer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``sentencepiece.SentencePieceTrainer.train``."""
         if len(set(self.user_defined_symbols)) != len(self.user_defined_symbols):
-            raise ValueError("duplicate user-defined symbols")
+            raise TrainTokenizerError("duplicate user-defined symbols (--user-defined-symbols repeats one, or one of the --symbols preset)")
         return dict(
             model_type=self.model_type,
             vocab_size=self.vocab_size,
@@ -173,31 +216,52 @@ def discover_files(inputs: Sequence[str]) -> list[Path]:
     return out
 
 
+def _read_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, EOFError, zlib.error]
+    try:
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def iter_sentences(files: Iterable[Path], text_field: str = "text", max_sentence_length: int | None = None) -> Iterator[str]:
-    """Non-empty stripped lines (or JSONL text fields) of the files, in order."""
+    """Non-empty stripped lines (or JSONL text fields) of the files, in order. A file that cannot
+    be read (not gzip, truncated, unreadable) raises :class:`TrainTokenizerError` naming it."""
+    errors = _read_errors()
     for path in files:
-        jsonl = _is_jsonl(path)
-        with _open_text(path) as f:
-            for line in f:
-                if jsonl:
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    text = obj.get(text_field) if isinstance(obj, dict) else None
-                    if not isinstance(text, str):
-                        continue
-                    # sentencepiece trains on lines: a multi-line text gives one sentence per line
-                    for part in text.splitlines():
-                        part = part.strip()
-                        if part:
-                            yield part
+        try:
+            yield from _file_sentences(path, text_field, max_sentence_length)
+        except errors as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
+            raise TrainTokenizerError(f"{path}: cannot read it: {reason}") from e
+
+
+def _file_sentences(path: Path, text_field: str, max_sentence_length: int | None) -> Iterator[str]:
+    jsonl = _is_jsonl(path)
+    with _open_text(path) as f:
+        for line in f:
+            if jsonl:
+                if not line.strip():
                     continue
-                line = line.strip()
-                if line and (max_sentence_length is None or len(line.encode("utf-8")) <= max_sentence_length):
-                    yield line
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                text = obj.get(text_field) if isinstance(obj, dict) else None
+                if not isinstance(text, str):
+                    continue
+                # sentencepiece trains on lines: a multi-line text gives one sentence per line
+                for part in text.splitlines():
+                    part = part.strip()
+                    if part:
+                        yield part
+                continue
+            line = line.strip()
+            if line and (max_sentence_length is None or len(line.encode("utf-8")) <= max_sentence_length):
+                yield line
 
 
 @dataclass
@@ -233,9 +297,28 @@ def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainResult:
     model = io.BytesIO()
     if hasattr(spm, "set_random_generator_seed"):
         spm.set_random_generator_seed(cfg.seed)
-    spm.SentencePieceTrainer.train(sentence_iterator=sentences(), model_writer=model, **kwargs)
+    read_error: list[TrainTokenizerError] = []
+
+    def guarded() -> Iterator[str]:
+        # sentencepiece may turn an exception raised in the iterator into its own error: keep ours
+        try:
+            yield from sentences()
+        except TrainTokenizerError as e:
+            read_error.append(e)
+            raise
+
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=guarded(), model_writer=model, **kwargs)
+    except Exception as e:
+        if read_error:
+            raise read_error[0] from None
+        if isinstance(e, TrainTokenizerError):
+            raise
+        if isinstance(e, RuntimeError | ValueError):
+            raise TrainTokenizerError(translate_trainer_error(str(e))) from None
+        raise
     if count == 0:
-        raise ValueError("the inputs hold no non-empty line to train on")
+        raise TrainTokenizerError("the inputs hold no non-empty line to train on")
     model_path = Path(f"{prefix}.model")
     vocab_path = Path(f"{prefix}.vocab")
     tmp = Path(f"{model_path}.tmp")

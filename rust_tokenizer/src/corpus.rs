@@ -214,11 +214,22 @@ pub struct Progress {
     pub files_done: AtomicU64,
     pub files_total: AtomicU64,
     pub cancel: AtomicBool,
+    /// Warnings for the user (one line each, naming the file), taken by the caller as they come.
+    pub warnings: Mutex<Vec<String>>,
 }
 
 impl Progress {
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    pub fn warn(&self, message: String) {
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(message);
+    }
+
+    /// The warnings given since the last call.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -320,6 +331,170 @@ struct State {
     partial: Option<Partial>,
     /// Megatron only: all input is written and the pair is being finished.
     finishing: bool,
+    /// What the job is, independent of how its paths were spelled (absent in files written
+    /// before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job: Option<JobRecord>,
+}
+
+/// One input file of a job, as spelled and as it is on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct InputRecord {
+    /// As found from the command line (what the manifest shows).
+    path: String,
+    /// Canonical (absolute, links resolved).
+    canonical: String,
+    size: u64,
+    mtime: String,
+    compression: input::Compression,
+    jsonl: bool,
+}
+
+/// What identifies a job for `--resume` (progress.json): the tokenizer's content, the output
+/// options and the input files by canonical path, size and mtime; plus the spellings of the
+/// run that started it, which a resumed run keeps so that its output is byte-identical.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JobRecord {
+    tokenizer_path: String,
+    tokenizer_sha256: String,
+    /// `CorpusConfig::output_options` as spelled.
+    options: serde_json::Value,
+    inputs: Vec<InputRecord>,
+}
+
+/// CLI names of the output options, for messages.
+fn option_flag(key: &str) -> String {
+    match key {
+        "append_eos" => "--no-eos".into(),
+        "strip" => "--no-strip".into(),
+        "shard_tokens" => "--shard-size".into(),
+        "invalid_utf8" => "--invalid-utf8".into(),
+        k => format!("--{}", k.replace('_', "-")),
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// The output options other than the tokenizer's and inputs' spellings.
+fn spelling_free(options: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let mut v: Vec<(String, serde_json::Value)> = options
+        .as_object()
+        .map(|o| o.iter().filter(|(k, _)| *k != "tokenizer" && *k != "inputs").map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// How the options of two jobs differ (spellings of paths aside), one phrase per option.
+fn options_difference(then: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let (a, b) = (spelling_free(then), spelling_free(now));
+    let mut out = Vec::new();
+    for (k, v) in &b {
+        let old = a.iter().find(|(ka, _)| ka == k).map(|(_, va)| va.clone()).unwrap_or(serde_json::Value::Null);
+        if &old != v {
+            out.push(format!("{} was {old} and is now {v}", option_flag(k)));
+        }
+    }
+    out
+}
+
+impl JobRecord {
+    /// What differs between the job that wrote the progress file (`self`) and this run (`now`),
+    /// or None when they are the same job however spelled.
+    fn difference(&self, now: &JobRecord) -> Option<String> {
+        let mut why = Vec::new();
+        if self.tokenizer_sha256 != now.tokenizer_sha256 {
+            why.push(format!(
+                "the tokenizer differs ({} has sha256 {}..., the job was started with {}, sha256 {}...)",
+                now.tokenizer_path,
+                short(&now.tokenizer_sha256),
+                self.tokenizer_path,
+                short(&self.tokenizer_sha256)
+            ));
+        }
+        why.extend(options_difference(&self.options, &now.options));
+        why.extend(inputs_difference(&self.inputs, &now.inputs));
+        if why.is_empty() {
+            None
+        } else {
+            const SHOWN: usize = 4;
+            let n = why.len();
+            why.truncate(SHOWN);
+            let mut s = why.join("; ");
+            if n > SHOWN {
+                s.push_str(&format!("; and {} more difference(s)", n - SHOWN));
+            }
+            Some(s)
+        }
+    }
+}
+
+/// How two input lists differ, by canonical path, order, size, mtime and how they are read.
+fn inputs_difference(then: &[InputRecord], now: &[InputRecord]) -> Vec<String> {
+    let mut why = Vec::new();
+    for t in then {
+        if !now.iter().any(|n| n.canonical == t.canonical) {
+            why.push(format!("input {} ({}) is no longer among the inputs", t.path, t.canonical));
+        }
+    }
+    for n in now {
+        match then.iter().find(|t| t.canonical == n.canonical) {
+            None => why.push(format!("input {} ({}) is new", n.path, n.canonical)),
+            Some(t) => {
+                if t.size != n.size {
+                    why.push(format!("input {} changed since (size {} then, {} now)", n.path, t.size, n.size));
+                } else if t.mtime != n.mtime {
+                    why.push(format!("input {} was modified since", n.path));
+                }
+                if (t.compression, t.jsonl) != (n.compression, n.jsonl) {
+                    why.push(format!("input {} is read as another kind of file than {} (its name)", n.path, t.path));
+                }
+            }
+        }
+    }
+    if why.is_empty() && then.iter().map(|t| &t.canonical).ne(now.iter().map(|n| &n.canonical)) {
+        let i = then.iter().zip(now).position(|(t, n)| t.canonical != n.canonical).unwrap_or(0);
+        why.push(format!("the inputs come in another order (position {}: {} then, {} now)", i + 1, then[i].path, now[i].path));
+    }
+    why
+}
+
+/// Why a finished job's manifest does not describe the job of `now` (paths' spellings aside),
+/// comparing the input files' contents with the recorded sha256. None: the same job.
+fn manifest_difference(m: &Manifest, now: &JobRecord) -> Result<Option<String>> {
+    let mut why = Vec::new();
+    if m.tokenizer.sha256 != now.tokenizer_sha256 {
+        why.push(format!(
+            "the tokenizer differs ({} has sha256 {}..., the job used {}, sha256 {}...)",
+            now.tokenizer_path,
+            short(&now.tokenizer_sha256),
+            m.tokenizer.path,
+            short(&m.tokenizer.sha256)
+        ));
+    }
+    why.extend(options_difference(&m.options, &now.options));
+    if m.inputs.len() != now.inputs.len() {
+        why.push(format!("{} input files then, {} now", m.inputs.len(), now.inputs.len()));
+    } else {
+        for (t, n) in m.inputs.iter().zip(&now.inputs) {
+            if t.size != n.size || (t.compression, t.jsonl) != (n.compression, n.jsonl) {
+                why.push(format!("input {} is not the job's {} (size or kind differs)", n.path, t.path));
+            }
+        }
+        if why.is_empty() {
+            // Same sizes: compare contents (reads the inputs once).
+            for (t, n) in m.inputs.iter().zip(&now.inputs) {
+                let Some(want) = &t.sha256 else { continue };
+                if &sha256_file(Path::new(&n.path))? != want {
+                    why.push(format!("input {} has other contents than the job's {}", n.path, t.path));
+                    break;
+                }
+            }
+        }
+    }
+    Ok(if why.is_empty() { None } else { Some(why.join("; ")) })
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -380,7 +555,10 @@ struct Encoded {
 }
 
 struct InputFile {
+    /// Where to read it.
     path: PathBuf,
+    /// How the manifest names it (the spelling of the run that started the job).
+    name: String,
     size: u64,
     jsonl: bool,
 }
@@ -451,12 +629,27 @@ pub fn run_with<E: Encode>(cfg: &CorpusConfig, enc: &E, tokenizer_sha256: &str, 
     };
 
     // Inputs, with what identifies their content for resume.
-    let paths = input::discover(&cfg.inputs)?;
+    let found = input::discover_excluding(&cfg.inputs, Some(&cfg.output))?;
+    for w in input::skipped_warnings(&found.skipped) {
+        progress.warn(w);
+    }
+    let paths = found.files;
     if paths.is_empty() {
+        if let Some(s) = found.skipped.first() {
+            return Err(Error::Input {
+                path: PathBuf::from(&cfg.inputs[0]),
+                reason: format!(
+                    "nothing to read: the inputs hold only our own outputs ({} and {} more; see the warnings)",
+                    s.path.display(),
+                    found.skipped.len() - 1
+                ),
+            });
+        }
         return Err(Error::Config("the inputs name no file".into()));
     }
     let mut files = Vec::with_capacity(paths.len());
     let mut ident = Vec::with_capacity(paths.len());
+    let mut records = Vec::with_capacity(paths.len());
     for p in paths {
         let (size, mtime) = match std::fs::metadata(&p) {
             Ok(m) => {
@@ -471,9 +664,24 @@ pub fn run_with<E: Encode>(cfg: &CorpusConfig, enc: &E, tokenizer_sha256: &str, 
         };
         ident.push(serde_json::json!([p.to_string_lossy(), size, mtime.to_string()]));
         let jsonl = input::is_jsonl(&p, cfg.input_format);
-        files.push(InputFile { path: p, size, jsonl });
+        let canonical = p.canonicalize().or_else(|_| std::path::absolute(&p)).unwrap_or_else(|_| p.clone());
+        records.push(InputRecord {
+            path: p.to_string_lossy().into_owned(),
+            canonical: canonical.to_string_lossy().into_owned(),
+            size,
+            mtime: mtime.to_string(),
+            compression: input::Compression::from_path(&p),
+            jsonl,
+        });
+        files.push(InputFile { name: p.to_string_lossy().into_owned(), path: p, size, jsonl });
     }
     let options = cfg.output_options();
+    let job = JobRecord {
+        tokenizer_path: cfg.tokenizer.to_string_lossy().into_owned(),
+        tokenizer_sha256: tokenizer_sha256.to_string(),
+        options: options.clone(),
+        inputs: records,
+    };
     let fingerprint = {
         let v = serde_json::json!({"options": options, "tokenizer_sha256": tokenizer_sha256, "inputs": ident, "version": MANIFEST_VERSION});
         hex(&Sha256::digest(v.to_string().as_bytes()))
@@ -495,7 +703,7 @@ pub fn run_with<E: Encode>(cfg: &CorpusConfig, enc: &E, tokenizer_sha256: &str, 
         Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path: lock_p, source }),
     }
     // (The lock file stays: removing it would let a waiting job lock a file no one else sees.)
-    let result = run_locked(cfg, enc, tokenizer_sha256, progress, &files, options, fingerprint, vocab, eos, dtype, workers);
+    let result = run_locked(cfg, enc, progress, files, job, fingerprint, vocab, eos, dtype, workers);
     drop(lock);
     result
 }
@@ -504,11 +712,10 @@ pub fn run_with<E: Encode>(cfg: &CorpusConfig, enc: &E, tokenizer_sha256: &str, 
 fn run_locked<E: Encode>(
     cfg: &CorpusConfig,
     enc: &E,
-    tokenizer_sha256: &str,
     progress: &Progress,
-    files: &[InputFile],
-    options: serde_json::Value,
-    fingerprint: String,
+    mut files: Vec<InputFile>,
+    mut job: JobRecord,
+    mut fingerprint: String,
     vocab: usize,
     eos: Option<u32>,
     dtype: DType,
@@ -516,7 +723,7 @@ fn run_locked<E: Encode>(
 ) -> Result<Manifest> {
     let out = &cfg.output;
     if let Ok(out_abs) = out.canonicalize() {
-        for f in files {
+        for f in &files {
             if f.path.canonicalize().map(|p| p.starts_with(&out_abs)).unwrap_or(false) {
                 return Err(Error::Input {
                     path: f.path.clone(),
@@ -535,14 +742,21 @@ fn run_locked<E: Encode>(
     }
     if manifest_p.exists() {
         let m: Manifest = read_json(&manifest_p)?;
-        if cfg.resume && m.fingerprint == fingerprint {
-            remove(&progress_p)?;
-            let lp = MegatronWriter::lengths_tmp(&prefix_p);
-            remove(&lp)?;
-            return Ok(m);
+        if !cfg.resume {
+            return Err(Error::Output { path: out.clone(), reason: "already holds a finished job; use --overwrite to replace it".into() });
         }
-        let why = if cfg.resume { "holds a finished job with other inputs or options" } else { "already holds a finished job" };
-        return Err(Error::Output { path: out.clone(), reason: format!("{why}; use --overwrite to replace it") });
+        if m.fingerprint != fingerprint {
+            if let Some(why) = manifest_difference(&m, &job)? {
+                return Err(Error::Output {
+                    path: out.clone(),
+                    reason: format!("holds a finished job with other inputs or options: {why}; use --overwrite to replace it"),
+                });
+            }
+        }
+        remove(&progress_p)?;
+        let lp = MegatronWriter::lengths_tmp(&prefix_p);
+        remove(&lp)?;
+        return Ok(m);
     }
     let mut state: Option<State> = None;
     if progress_p.exists() {
@@ -554,10 +768,27 @@ fn run_locked<E: Encode>(
         }
         let s: State = read_json(&progress_p)?;
         if s.fingerprint != fingerprint {
-            return Err(Error::Output {
-                path: progress_p.clone(),
-                reason: "was written for other inputs, input contents, tokenizer or options; cannot resume (use --overwrite)".into(),
-            });
+            let Some(then) = s.job.clone() else {
+                return Err(Error::Output {
+                    path: progress_p.clone(),
+                    reason: "was written for other inputs, input contents, tokenizer or options (by an older version, \
+                             which does not record which); cannot resume (use --overwrite to start again)"
+                        .into(),
+                });
+            };
+            if let Some(why) = then.difference(&job) {
+                return Err(Error::Output {
+                    path: progress_p.clone(),
+                    reason: format!("was written for another job: {why}; cannot resume (use --overwrite to start again)"),
+                });
+            }
+            // The same job, spelled otherwise: continue it as it was started, so that the
+            // output is byte-identical to an uninterrupted run.
+            for (f, r) in files.iter_mut().zip(&then.inputs) {
+                f.name = r.path.clone();
+            }
+            fingerprint = s.fingerprint.clone();
+            job = then;
         }
         state = Some(s);
     } else if !cfg.resume && !our_files(out, &cfg.megatron_prefix)?.is_empty() {
@@ -585,9 +816,10 @@ fn run_locked<E: Encode>(
         files: Vec::new(),
         partial: None,
         finishing: false,
+        job: None,
     });
 
-    let ctx = Ctx { cfg, files, dtype, eos, progress, out, progress_p: &progress_p, prefix_p: &prefix_p };
+    let ctx = Ctx { cfg, files: &files, job: &job, dtype, eos, progress, out, progress_p: &progress_p, prefix_p: &prefix_p };
     let (shards_done, mega_entry, file_entries) = if state.finishing {
         let at = state.megatron.unwrap_or_default();
         let e = megatron::finish_files(&prefix_p, dtype, at)?;
@@ -608,8 +840,8 @@ fn run_locked<E: Encode>(
         version: MANIFEST_VERSION,
         dtype,
         tokenizer: TokenizerInfo {
-            path: cfg.tokenizer.to_string_lossy().into_owned(),
-            sha256: tokenizer_sha256.to_string(),
+            path: job.tokenizer_path.clone(),
+            sha256: job.tokenizer_sha256.clone(),
             vocab_size: vocab,
             eos_id: enc.eos_id(),
         },
@@ -623,7 +855,7 @@ fn run_locked<E: Encode>(
             bad_files: file_entries.iter().filter(|f| f.status != "ok").count() as u64,
         },
         inputs: file_entries,
-        options,
+        options: job.options.clone(),
         fingerprint,
     };
     write_json_atomic(&manifest_p, &manifest)?;
@@ -636,6 +868,7 @@ fn run_locked<E: Encode>(
 struct Ctx<'a> {
     cfg: &'a CorpusConfig,
     files: &'a [InputFile],
+    job: &'a JobRecord,
     dtype: DType,
     eos: Option<u32>,
     progress: &'a Progress,
@@ -743,6 +976,7 @@ fn reader(ctx: &Ctx<'_>, start_file: usize, skip_until: Option<u64>, stop: &Atom
         let skip = if fi == start_file { skip_until } else { None };
         let per = if f.jsonl { DocPer::Line } else { cfg.doc_per };
         let mut failed: Option<Error> = None;
+        let mut sniff = input::BinarySniffer::default();
         match input::open_input(&f.path, counter.clone()) {
             Err(e) => failed = Some(e),
             Ok(mut inp) => {
@@ -752,6 +986,9 @@ fn reader(ctx: &Ctx<'_>, start_file: usize, skip_until: Option<u64>, stop: &Atom
                     match splitter.next_doc(inp.reader(), &mut out.chunk.data) {
                         Ok(None) => break,
                         Ok(Some(span)) => {
+                            if let Some(v) = sniff.feed(&out.chunk.data[start..]) {
+                                ctx.progress.warn(binary_warning(&f.path, v, cfg.invalid_utf8));
+                            }
                             if skip.is_some_and(|end| span.end <= end) {
                                 out.chunk.data.truncate(start);
                                 continue;
@@ -785,6 +1022,9 @@ fn reader(ctx: &Ctx<'_>, start_file: usize, skip_until: Option<u64>, stop: &Atom
             }
         }
         ctx.progress.raw_bytes_read.store(counter.load(Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(v) = sniff.finish() {
+            ctx.progress.warn(binary_warning(&f.path, v, cfg.invalid_utf8));
+        }
         if let Some(e) = failed {
             if cfg.skip_bad_files {
                 if !out.push(Item::Bad { file: fi as u32, error: e.to_string() }) {
@@ -798,6 +1038,21 @@ fn reader(ctx: &Ctx<'_>, start_file: usize, skip_until: Option<u64>, stop: &Atom
         }
     }
     out.flush();
+}
+
+/// The warning for a file that looks binary (see `input::BinarySniffer`).
+fn binary_warning(path: &Path, v: input::BinaryVerdict, policy: Utf8Policy) -> String {
+    let what = match policy {
+        Utf8Policy::Ignore => "dropped (--invalid-utf8 ignore)",
+        Utf8Policy::Replace => "replaced by U+FFFD (--invalid-utf8 replace)",
+    };
+    format!(
+        "{}: mostly not UTF-8 text: {}% of its first {} bytes are invalid UTF-8 or NUL (binary data, or another \
+         encoding?); read anyway, invalid bytes {what}",
+        path.display(),
+        v.bad * 100 / v.seen.max(1),
+        v.seen
+    )
 }
 
 fn worker<E: Encode>(ctx: &Ctx<'_>, enc: &E, work_rx: &Mutex<Receiver<Chunk>>, res_tx: &Sender<Encoded>) {
@@ -955,6 +1210,7 @@ impl<'a> Writer<'a> {
             files: self.files.clone(),
             partial: self.cur.clone(),
             finishing,
+            job: Some(self.ctx.job.clone()),
         };
         write_json_atomic(self.ctx.progress_p, &st)?;
         self.checkpoints_written += 1;
@@ -997,7 +1253,7 @@ impl<'a> Writer<'a> {
         self.cur = None;
         let f = &self.ctx.files[file as usize];
         self.files.push(FileEntry {
-            path: f.path.to_string_lossy().into_owned(),
+            path: f.name.clone(),
             size,
             sha256,
             compression: input::Compression::from_path(&f.path),

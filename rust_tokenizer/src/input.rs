@@ -90,26 +90,152 @@ fn is_hidden(path: &Path) -> bool {
     path.file_name().map(|n| n.to_string_lossy().starts_with('.')).unwrap_or(false)
 }
 
-fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let rd = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-    let mut entries = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-        entries.push(entry.path());
+/// Names of the files a `baichuan tokenize` job writes in its output directory (see
+/// docs/formats.md "Our own outputs are never read").
+const OUTPUT_MARKER_LOCK: &str = ".tokenize.lock";
+const OUTPUT_MARKER_MANIFEST: &str = "manifest.json";
+
+/// Whether `dir` holds a `baichuan tokenize` output: its lock file, or a manifest.json of ours.
+pub fn is_output_dir(dir: &Path) -> bool {
+    if dir.join(OUTPUT_MARKER_LOCK).is_file() {
+        return true;
     }
-    entries.sort();
-    for path in entries {
-        if is_hidden(&path) {
-            continue;
+    let Ok(text) = std::fs::read(dir.join(OUTPUT_MARKER_MANIFEST)) else { return false };
+    match serde_json::from_slice::<serde_json::Value>(&text) {
+        Ok(v) => matches!(v.get("format").and_then(|f| f.as_str()), Some("baichuan-shards" | "megatron-mmap")),
+        Err(_) => false,
+    }
+}
+
+/// Whether a file name is one `baichuan tokenize` writes into its output directory.
+fn is_output_name(name: &str) -> bool {
+    name == "manifest.json" || name == "progress.json" || name.ends_with(".tmp") || name.ends_with(".bin") || name.ends_with(".idx")
+}
+
+fn read_prefix(path: &Path, n: usize) -> Option<(Vec<u8>, u64)> {
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(_) => return None,
         }
-        // Follows symlinks: a link to a file is read, a link to a directory is walked.
+    }
+    buf.truncate(got);
+    Some((buf, len))
+}
+
+/// A token index of ours by its header: a Megatron `.idx` (magic `MMIDIDX\0\0`), or a shard
+/// `shard-NNNNN.idx` (u64 offsets: a multiple of 8 bytes, starting with offset 0).
+fn is_our_index(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !name.ends_with(".idx") {
+        return false;
+    }
+    let Some((head, len)) = read_prefix(path, crate::megatron::MAGIC.len()) else { return false };
+    if head == crate::megatron::MAGIC {
+        return true;
+    }
+    let shard_name = name.len() == "shard-00000.idx".len()
+        && name.starts_with("shard-")
+        && name["shard-".len().."shard-00000".len()].bytes().all(|b| b.is_ascii_digit());
+    shard_name && len >= 8 && len % 8 == 0 && head.len() >= 8 && head[..8] == [0u8; 8]
+}
+
+/// Why a found file is left out of the inputs: it is one of our own outputs.
+fn our_output_reason(path: &Path, in_output_dir: bool) -> Option<&'static str> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if in_output_dir && is_output_name(&name) {
+        return Some("an earlier `baichuan tokenize` output");
+    }
+    if is_our_index(path) {
+        return Some("a token index written by `baichuan tokenize`");
+    }
+    if let Some(stem) = name.strip_suffix(".bin") {
+        if is_our_index(&path.with_file_name(format!("{stem}.idx"))) {
+            return Some("token data written by `baichuan tokenize` (beside its .idx)");
+        }
+    }
+    None
+}
+
+const OUTPUT_DIR: &str = "the output directory of this job";
+
+/// A file or directory found among the inputs and left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: &'static str,
+}
+
+/// The files to read, and what was left out (our own outputs; the job's output directory).
+#[derive(Debug, Default)]
+pub struct Discovery {
+    pub files: Vec<PathBuf>,
+    pub skipped: Vec<Skipped>,
+}
+
+struct Walk<'a> {
+    /// The job's output directory, canonical (when it exists): never walked into.
+    output: Option<&'a Path>,
+    found: Vec<PathBuf>,
+    skipped: Vec<Skipped>,
+}
+
+impl Walk<'_> {
+    fn file(&mut self, path: PathBuf, in_output_dir: bool) {
+        match our_output_reason(&path, in_output_dir) {
+            Some(reason) => self.skipped.push(Skipped { path, reason }),
+            None => self.found.push(path),
+        }
+    }
+
+    fn dir(&mut self, dir: &Path) -> Result<()> {
+        let rd = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        let mut entries = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+            entries.push(entry.path());
+        }
+        entries.sort();
+        let in_output_dir = is_output_dir(dir);
+        for path in entries {
+            if is_hidden(&path) {
+                continue;
+            }
+            // Follows symlinks: a link to a file is read, a link to a directory is walked.
+            if path.is_dir() {
+                if self.is_output(&path) {
+                    self.skipped.push(Skipped { path, reason: OUTPUT_DIR });
+                    continue;
+                }
+                self.dir(&path)?;
+            } else {
+                self.file(path, in_output_dir);
+            }
+        }
+        Ok(())
+    }
+
+    fn is_output(&self, dir: &Path) -> bool {
+        self.output.is_some() && dir.canonicalize().ok().as_deref() == self.output
+    }
+
+    fn top(&mut self, path: PathBuf) -> Result<()> {
         if path.is_dir() {
-            walk_dir(&path, out)?;
-        } else {
-            out.push(path);
+            if self.is_output(&path) {
+                self.skipped.push(Skipped { path, reason: OUTPUT_DIR });
+                return Ok(());
+            }
+            return self.dir(&path);
         }
+        let in_output_dir = path.parent().map(|d| is_output_dir(if d.as_os_str().is_empty() { Path::new(".") } else { d })).unwrap_or(false);
+        self.file(path, in_output_dir);
+        Ok(())
     }
-    Ok(())
 }
 
 /// Expands the command line's inputs into the ordered list of files to read.
@@ -123,14 +249,22 @@ fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 ///
 /// The same file named twice is read once (first position wins).
 pub fn discover(inputs: &[String]) -> Result<Vec<PathBuf>> {
+    Ok(discover_excluding(inputs, None)?.files)
+}
+
+/// [`discover`], leaving out our own outputs (docs/formats.md): the files `baichuan tokenize`
+/// writes, inside a directory holding its lock file or manifest; `.idx` files with our header
+/// (and the `.bin` beside one); and `output`, the job's own output directory, wherever a walk
+/// meets it. What is left out is listed in [`Discovery::skipped`].
+pub fn discover_excluding(inputs: &[String], output: Option<&Path>) -> Result<Discovery> {
+    let output = output.and_then(|o| o.canonicalize().ok());
     let mut out: Vec<PathBuf> = Vec::new();
+    let mut skipped: Vec<Skipped> = Vec::new();
     for input in inputs {
         let path = PathBuf::from(input);
-        let mut found = Vec::new();
-        if path.is_dir() {
-            walk_dir(&path, &mut found)?;
-        } else if path.exists() {
-            found.push(path);
+        let mut walk = Walk { output: output.as_deref(), found: Vec::new(), skipped: Vec::new() };
+        if path.exists() {
+            walk.top(path)?;
         } else if has_glob_chars(input) {
             let paths = glob::glob(input)
                 .map_err(|e| Error::Input { path: path.clone(), reason: format!("invalid glob pattern: {e}") })?;
@@ -144,22 +278,55 @@ pub fn discover(inputs: &[String]) -> Result<Vec<PathBuf>> {
                 return Err(Error::Input { path, reason: "the pattern matches no file".into() });
             }
             for m in matches {
-                if m.is_dir() {
-                    walk_dir(&m, &mut found)?;
-                } else {
-                    found.push(m);
-                }
+                walk.top(m)?;
             }
         } else {
             return Err(Error::Input { path, reason: "no such file or directory".into() });
         }
-        for f in found {
+        for f in walk.found {
             if !out.contains(&f) {
                 out.push(f);
             }
         }
+        for s in walk.skipped {
+            if !skipped.contains(&s) {
+                skipped.push(s);
+            }
+        }
     }
-    Ok(out)
+    Ok(Discovery { files: out, skipped })
+}
+
+/// One warning line per directory for what [`discover_excluding`] left out, naming the files.
+pub fn skipped_warnings(skipped: &[Skipped]) -> Vec<String> {
+    let mut groups: Vec<(PathBuf, &'static str, Vec<String>)> = Vec::new();
+    for s in skipped {
+        let dir = s.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let name = s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if s.reason == OUTPUT_DIR {
+            groups.push((s.path.clone(), s.reason, Vec::new()));
+            continue;
+        }
+        match groups.iter_mut().find(|g| g.0 == dir && g.1 == s.reason) {
+            Some(g) => g.2.push(name),
+            None => groups.push((dir, s.reason, vec![name])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(dir, reason, names)| {
+            if names.is_empty() {
+                return format!("{}: not read: it is {reason}", dir.display());
+            }
+            const SHOWN: usize = 6;
+            let mut list = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if names.len() > SHOWN {
+                list.push_str(&format!(" and {} more", names.len() - SHOWN));
+            }
+            let what = if names.len() == 1 { "1 file".to_string() } else { format!("{} files", names.len()) };
+            format!("{}: not read: {what} of {reason}: {list}", dir.display())
+        })
+        .collect()
 }
 
 /// Reads a file's on-disk bytes, hashing them (sha256) and counting them into a shared counter
@@ -396,6 +563,56 @@ pub fn decode_utf8(bytes: &[u8], policy: Utf8Policy) -> (Cow<'_, str>, u64) {
         }
     }
     (Cow::Owned(out), bad)
+}
+
+/// How much of a file's decompressed start (line breaks excluded) is looked at to tell binary
+/// data from text.
+pub const SNIFF_BYTES: usize = 64 << 10;
+
+/// Tells a file that is mostly not UTF-8 text (binary data, or text in another encoding) from
+/// its first [`SNIFF_BYTES`] decompressed bytes: it is when at least a quarter of them are in
+/// invalid UTF-8 sequences or are NUL. Judges once per file.
+#[derive(Debug, Default)]
+pub struct BinarySniffer {
+    seen: usize,
+    bad: usize,
+    judged: bool,
+}
+
+/// A binary-looking file: `bad` of its first `seen` bytes are invalid UTF-8 or NUL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BinaryVerdict {
+    pub bad: usize,
+    pub seen: usize,
+}
+
+impl BinarySniffer {
+    /// Looks at the next bytes of the file (one document's); returns the verdict once the sample
+    /// is complete and the file looks binary.
+    pub fn feed(&mut self, bytes: &[u8]) -> Option<BinaryVerdict> {
+        if self.judged {
+            return None;
+        }
+        let take = &bytes[..bytes.len().min(SNIFF_BYTES - self.seen)];
+        for chunk in take.utf8_chunks() {
+            self.bad += chunk.invalid().len() + chunk.valid().bytes().filter(|&b| b == 0).count();
+        }
+        self.seen += take.len();
+        if self.seen >= SNIFF_BYTES {
+            self.finish()
+        } else {
+            None
+        }
+    }
+
+    /// At the end of the file (or of the sample): the verdict, if not given yet and binary.
+    pub fn finish(&mut self) -> Option<BinaryVerdict> {
+        if self.judged {
+            return None;
+        }
+        self.judged = true;
+        (self.seen > 0 && self.bad * 4 >= self.seen).then_some(BinaryVerdict { bad: self.bad, seen: self.seen })
+    }
 }
 
 /// Python's `str.isspace()`: Unicode White_Space plus U+001C..U+001F.

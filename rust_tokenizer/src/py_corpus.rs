@@ -116,6 +116,12 @@ impl CorpusJob {
         Ok(d)
     }
 
+    /// The warnings given since the last call (one line each, naming the file): our own
+    /// outputs found among the inputs and left out, files that look binary.
+    fn take_warnings(&self) -> Vec<String> {
+        self.progress.take_warnings()
+    }
+
     /// The manifest (JSON text) once the job has ended; raises the job's error.
     fn result(&self, py: Python<'_>) -> PyResult<String> {
         if let Ok(mut h) = self.handle.lock() {

@@ -9,24 +9,9 @@ import argparse
 import os
 import sys
 
+from baichuan.units import size_arg
+
 HELP = "Tokenize a corpus into memory-mapped token shards, in parallel, resumably."
-
-
-def parse_size(text: str) -> int:
-    """'1000', '64K', '256M', '1G' (powers of 1024) -> int."""
-    t = text.strip().upper()
-    mult = 1
-    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
-        if t.endswith(suffix):
-            t, mult = t[:-1], m
-            break
-    try:
-        value = int(float(t) * mult)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 20000, 64K, 256M)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,9 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shard-size",
         "--shard-tokens",
         dest="shard_tokens",
-        type=parse_size,
-        default=parse_size("256M"),
-        help="tokens per shard, e.g. 64M (Megatron format: tokens between checkpoints); default 256M",
+        type=size_arg,
+        default=size_arg("256M"),
+        help="tokens per shard, e.g. 64M (K, M, G: powers of 1024; KB, MB, GB: powers of 1000) "
+        "(Megatron format: tokens between checkpoints); default 256M",
     )
     parser.add_argument(
         "--invalid-utf8",
@@ -86,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Testing aid: SIGKILL this process right after its Nth checkpoint (exact kill points for resume tests).
     parser.add_argument("--debug-kill-after-checkpoints", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
-        "--max-doc-bytes", type=parse_size, default=parse_size("256M"), help="longest document accepted (bytes)"
+        "--max-doc-bytes", type=size_arg, default=size_arg("256M"), help="longest document accepted (bytes, e.g. 256M)"
     )
     parser.add_argument(
         "--megatron-prefix", default="corpus_text_document", help="Megatron output: OUT_DIR/PREFIX.{bin,idx}"

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from baichuan.units import size_arg
+
 HELP = "Train a SentencePiece BPE tokenizer with Baichuan-7B's recipe (sentencepiece's trainer)."
 
 
@@ -41,9 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--input-sentence-size",
-        type=int,
+        type=size_arg,
         default=10_000_000,
-        help="sample at most this many sentences (lines) uniformly from the inputs (Baichuan-7B: 10M)",
+        help="sample at most this many sentences (lines) uniformly from the inputs, e.g. 2000000 or 500K "
+        "(K, M, G: powers of 1024, as tokenize --shard-size; KB, MB, GB: powers of 1000); "
+        "Baichuan-7B: 10000000",
     )
     parser.add_argument(
         "--symbols",
@@ -71,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from baichuan.errors import BaichuanError
     from baichuan.tokenizer_training import (
         BAICHUAN_SYMBOLS,
         TrainTokenizerConfig,
@@ -110,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         spm.set_min_log_level(2)
     try:
         result = train_tokenizer(cfg)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (BaichuanError, OSError, ValueError, RuntimeError) as e:
         print(f"baichuan train-tokenizer: error: {e}", file=sys.stderr)
         return 1
     print(
