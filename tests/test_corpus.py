@@ -1,7 +1,7 @@
 """`baichuan tokenize` (rust_tokenizer/src/corpus.rs) against upstream's own loop over
 sentencepiece, on real text from ../shared/eval-data: same ids, EOS and drops; identical bytes
 for 1 and 2 workers and after kill -9 + --resume; Megatron output read by an independent reader
-written from the format note; bad inputs give the documented counts and errors."""
+written from docs/formats.md; bad inputs give the documented counts and errors."""
 
 from __future__ import annotations
 
