@@ -239,6 +239,13 @@ class ModelConfig:
             f"shorten it or {hint}"
         )
 
+    def rope_depends_on_length(self, n_tokens: int) -> bool:
+        """True when the RoPE frequencies of an ``n_tokens`` call differ from those of a shorter
+        prefix (dynamic NTK past ``max_position_embeddings``): a KV cache of the prefix then holds
+        keys rotated differently from one full forward (see ``baichuan.model``)."""
+        return bool(self.rope_scaling and self.rope_scaling["rope_type"] == "dynamic"
+                    and n_tokens > self.max_position_embeddings)
+
     def with_rope_scaling(self, rope_type: str, factor: float) -> ModelConfig:
         """A copy scaled ``factor`` times past the pre-training window (``original_window``):
         yarn sets ``max_position_embeddings`` to the new window and records the original one;

@@ -144,6 +144,11 @@ def generate_ids(
     bad = [i for i in prompt_ids if not 0 <= i < vocab]
     if bad:
         raise ValueError(f"prompt ids {bad[:5]} are outside the model vocabulary (size {vocab})")
+    # positions past the context window (ModelConfig.context_window: rope_scaling widens it) are refused
+    model.config.check_context(
+        len(prompt_ids) + cfg.max_new_tokens,
+        f"the prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({cfg.max_new_tokens})",
+    )
     device = next(model.parameters()).device
     generator = None
     if cfg.temperature > 0:

@@ -206,13 +206,20 @@ def evaluate(
                   f"({items[0].n_shots} shots, {len(items[0].ids)} tokens)")
             print("(Start>>>)" + items[0].text + "(<<<End)")
 
+    longest = max((len(it.ids) for _, items in loaded for it in items), default=0)
+    prefix_cache = cfg.prefix_cache
+    model_cfg = getattr(model, "config", None)
+    if hasattr(model_cfg, "check_context"):  # our model: refuse prompts past its (RoPE-scaled) window
+        model_cfg.check_context(longest, f"the longest {cfg.task} prompt (--max-length {cfg.max_length})")
+        # dynamic NTK past the window: a cached prefix would hold keys rotated for a shorter length
+        prefix_cache = prefix_cache and not model_cfg.rope_depends_on_length(longest)
     max_letters = max((len(it.question.choices) for _, items in loaded for it in items), default=4)
     letters = LETTERS[:max_letters]
     scorer = LetterScorer(
         model,
         candidate_ids(tokenizer, letters),
         batch_size=cfg.batch_size,
-        prefix_cache=cfg.prefix_cache,
+        prefix_cache=prefix_cache,
         pad_id=_pad_id(tokenizer),
     )
     total = sum(len(items) for _, items in loaded)
