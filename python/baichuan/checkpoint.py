@@ -37,13 +37,23 @@ class CheckpointError(BaichuanError, ValueError):
 
 # ----------------------------------------------------------------------- reading without pickles
 def _unpickler_detail(e: BaseException) -> str:
-    """The one informative line of torch's weights_only refusal (its advice to retry with
-    ``weights_only=False`` is exactly what must not be done with a file one did not write)."""
+    """The informative part of torch's weights_only refusal, on one line (without its advice to retry
+    with ``weights_only=False``, exactly what must not be done with a file one did not write)."""
     text = str(e)
-    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\s+Check the documentation|$)", text, flags=re.S)
-    detail = m.group(1) if m else text.splitlines()[0] if text else type(e).__name__
-    detail = re.split(r" was not an allowed global| Please use ", detail)[0]
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    kept = [p for p in paragraphs if not p.startswith(boilerplate)] or paragraphs[:1] or [type(e).__name__]
+    detail = re.split(r" was not an allowed global| Please use ", " ".join(kept))[0]
     return " ".join(detail.split())[:200]
+
+
+def _first_sentence(e: BaseException) -> str:
+    """An exception's first sentence on one line, with its type when the text alone says little."""
+    text = " ".join(str(e).split())
+    first = re.split(r"(?<=[a-z])\. ", text, maxsplit=1)[0][:200]
+    return first if len(first) >= 20 else f"{type(e).__name__}: {first}".rstrip(": ")
 
 
 def torch_load_plain(path: Path) -> Any:
@@ -69,8 +79,7 @@ def torch_load_plain(path: Path) -> Any:
                 f"(torch.load weights_only=True: {_unpickler_detail(e)})"
             ) from None
         except Exception as e:  # truncated zip, not a torch file at all, ...
-            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-            raise CheckpointError(f"{path}: not a readable torch weights file ({first})") from None
+            raise CheckpointError(f"{path}: not a readable torch weights file ({_first_sentence(e)})") from None
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -82,8 +91,7 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     except OSError:
         raise
     except Exception as e:  # safetensors_rust.SafetensorError: truncated file, bad header, a pickle
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_sentence(e)})") from None
 
 
 def is_native_folder(path: str | os.PathLike[str]) -> bool:

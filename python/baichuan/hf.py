@@ -250,8 +250,9 @@ def _deepspeed_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     tag_dir = deepspeed_tag_dir(path)
     native = tag_dir / "model" / WEIGHTS_NAME
     if native.is_file():
-        logger.info("reading %s (DeepSpeed's .pt files are not opened)", native)
-        return _normalise_keys(load_safetensors(native)), str(native)
+        state = load_safetensors(native)
+        logger.info("read %s (DeepSpeed's .pt files are not opened)", native)
+        return _normalise_keys(state), str(native)
     states = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
     zero3 = sorted(tag_dir.glob("zero_pp_rank_*_mp_rank_*_model_states.pt"))
     if not states and zero3:
@@ -265,7 +266,7 @@ def _deepspeed_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     state = _tensor_dict(module, states[0])
     if any(t.numel() == 0 for t in state.values()):  # ZeRO-3 placeholders: weights are in the optimizer shards
         raise CheckpointError(_zero3_message(tag_dir))
-    logger.info("reading module weights of %s with weights_only=True (optimizer states are not opened)", states[0])
+    logger.info("read the module weights of %s with weights_only=True (optimizer states are not opened)", states[0])
     return _normalise_keys(state), str(states[0])
 
 
