@@ -407,12 +407,17 @@ def test_fuzz_random_bytes_match_upstream(parts: list[bytes], workers: int, gz: 
     assert m["counts"]["bytes"] == len(data)
 
 
-def test_output_inside_inputs_is_refused(corpus: Path, tmp_path: Path) -> None:
+def test_output_inside_inputs_is_never_read(corpus: Path, tmp_path: Path) -> None:
     d = tmp_path / "in"
     shutil.copytree(corpus, d)
     run_tokenize(cfg(d, d / "out", inputs=[str(p) for p in sorted(d.glob("a0*"))]), progress=False)
-    with pytest.raises(CorpusError, match="inside the output directory"):
+    # walking the input directory leaves the output directory out (the job differs only by that)
+    with pytest.raises(CorpusError, match=r"holds a finished job with other inputs or options: input .* is new"):
         run_tokenize(cfg(d, d / "out", resume=True), progress=False)
+    # a text file named inside the output directory is refused
+    (d / "out" / "notes.txt").write_text("a note the user keeps next to the shards\n")
+    with pytest.raises(CorpusError, match="inside the output directory"):
+        run_tokenize(cfg(d, d / "out", inputs=[str(d / "out" / "notes.txt")], resume=True), progress=False)
 
 
 def test_progress_counters_and_line(corpus: Path, tmp_path: Path) -> None:

@@ -151,15 +151,9 @@ fn our_output_reason(path: &Path, in_output_dir: bool) -> Option<&'static str> {
     if in_output_dir && is_output_name(&name) {
         return Some("an earlier `baichuan tokenize` output");
     }
-    if is_our_index(path) {
-        return Some("a token index written by `baichuan tokenize`");
-    }
-    if let Some(stem) = name.strip_suffix(".bin") {
-        if is_our_index(&path.with_file_name(format!("{stem}.idx"))) {
-            return Some("token data written by `baichuan tokenize` (beside its .idx)");
-        }
-    }
-    None
+    let ours = is_our_index(path)
+        || name.strip_suffix(".bin").is_some_and(|stem| is_our_index(&path.with_file_name(format!("{stem}.idx"))));
+    ours.then_some("`baichuan tokenize` token data (an .idx with our header, or the .bin beside one)")
 }
 
 const OUTPUT_DIR: &str = "the output directory of this job";
