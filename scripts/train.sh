@@ -13,15 +13,14 @@ HOSTFILE="${HOSTFILE:-$ROOT/config/hostfile}"
 DS_CONFIG="${DS_CONFIG:-$ROOT/config/deepspeed.json}"
 PYTHON="${PYTHON:-python3}"
 # Fail early, with the file named, instead of DeepSpeed's "will proceed with local resources only".
-LOCAL_ARGS="$("$PYTHON" -c 'import sys; from baichuan.launch import parse_hostfile, local_only_args, LaunchError
+"$PYTHON" -c 'import sys; from baichuan.launch import parse_hostfile, LaunchError
 try:
     hosts = parse_hostfile(sys.argv[1])
 except LaunchError as e:
     sys.exit(f"train.sh: error: {e}")
-print(f"train.sh: {len(hosts)} host(s), {sum(hosts.values())} slot(s) from {sys.argv[1]}", file=sys.stderr)
-print(" ".join(local_only_args(hosts)))' "$HOSTFILE")"
-# The launcher is run with $PYTHON so every rank uses the interpreter that has this package.
-# A hostfile naming only this machine needs no ssh (LOCAL_ARGS: --no_ssh_check --master_addr 127.0.0.1).
-# shellcheck disable=SC2086
-exec "$PYTHON" -m deepspeed.launcher.runner --hostfile "$HOSTFILE" $LOCAL_ARGS ${DS_LAUNCH_ARGS:-} --no_local_rank \
-    --module baichuan.cli train --deepspeed_config "$DS_CONFIG" "$@"
+print(f"train.sh: {len(hosts)} host(s), {sum(hosts.values())} slot(s) from {sys.argv[1]}", file=sys.stderr)' "$HOSTFILE"
+# `baichuan train --hostfile` runs DeepSpeed's launcher (with $PYTHON, so every rank uses the
+# interpreter that has this package; a hostfile naming only this machine needs no ssh) after checking
+# the flags, the data and the run directory, and stops every rank on SIGTERM or Ctrl-C.
+exec "$PYTHON" -m baichuan train --hostfile "$HOSTFILE" --deepspeed-config "$DS_CONFIG" \
+    "--launcher-args=${DS_LAUNCH_ARGS:-}" "$@"

@@ -76,7 +76,16 @@ def kill_after_checkpoint(args: list[str], out: Path, step: int, timeout: float 
         else:
             pytest.fail("no checkpoint before the timeout")
     finally:
-        os.killpg(p.pid, signal.SIGKILL)  # kill -9 of the launcher and both ranks
+        # kill -9 of the command, DeepSpeed's launchers and both ranks (they run in a session of their own)
+        import psutil
+
+        tree = psutil.Process(p.pid).children(recursive=True)
+        os.killpg(p.pid, signal.SIGKILL)
+        for child in tree:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
         p.wait()
         log.close()
 

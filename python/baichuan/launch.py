@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from baichuan.train_config import TrainConfig
@@ -91,9 +92,10 @@ def deepspeed_command(
     num_procs: int | None = None,
     hostfile: str | os.PathLike[str] | None = None,
     master_port: int | None = None,
+    launcher_args: Sequence[str] = (),
 ) -> list[str]:
     # The runner starts ranks with its own interpreter: run it with ours (a venv's python finds this package).
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner"]
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", *launcher_args]
     if hostfile is not None:
         cmd += ["--hostfile", str(hostfile), *local_only_args(parse_hostfile(hostfile))]
         if num_procs is not None:
@@ -112,12 +114,15 @@ def launch(
     hostfile: str | os.PathLike[str] | None = None,
     master_port: int | None = None,
     grace_s: float = 10.0,
+    launcher_args: Sequence[str] = (),
 ) -> int:
     """Run ``cfg`` on ``num_procs`` local ranks (or the hosts of ``hostfile``); returns the exit status.
 
     The run directory is checked and prepared here first (``baichuan.train.prepare_run_dir``: a
     previous run needs ``resume`` or ``overwrite``). Output of the ranks streams to this process's
-    stdout/stderr (rank 0 shows the progress bar). See the module docstring for signals."""
+    stdout/stderr (rank 0 shows the progress bar). ``launcher_args`` go to DeepSpeed's runner
+    (``scripts/train.sh``'s ``DS_LAUNCH_ARGS``, e.g. ``--force_multi``). See the module docstring
+    for signals."""
     from baichuan.train import prepare_run_dir
 
     cfg.validate()
@@ -129,7 +134,7 @@ def launch(
     out = Path(cfg.output_dir)
     cfg_path = out / "train_config.json"
     cfg.for_ranks().to_json_file(cfg_path)
-    cmd = deepspeed_command(cfg_path.resolve(), num_procs, hostfile, master_port)
+    cmd = deepspeed_command(cfg_path.resolve(), num_procs, hostfile, master_port, launcher_args)
     env = dict(os.environ)
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
@@ -145,14 +150,24 @@ _SIGNAL_STATUS = {signal.SIGTERM: 143, signal.SIGINT: 130}
 def _run_group(cmd: list[str], env: dict[str, str], cfg: TrainConfig, grace_s: float) -> int:
     """Run ``cmd`` in a new session; forward SIGTERM/SIGINT to its whole process group."""
     received: list[int] = []
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    group: list[int] = []  # the launcher's pid (= its process group id) once started
 
     def forward(signum: int, _frame: object) -> None:
         received.append(signum)
-        _signal_group(proc.pid, signal.SIGTERM if len(received) == 1 else signal.SIGKILL)
+        if group:
+            _signal_group(group[0], signal.SIGTERM if len(received) == 1 else signal.SIGKILL)
 
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
     old = {s: signal.signal(s, forward) for s in _SIGNAL_STATUS} if main_thread else {}
+    try:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    except BaseException:
+        for s, h in old.items():
+            signal.signal(s, h)
+        raise
+    group.append(proc.pid)
+    if received:  # a signal came while it was starting
+        _signal_group(proc.pid, signal.SIGTERM)
     try:
         status = proc.wait()
     finally:

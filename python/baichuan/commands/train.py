@@ -89,6 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lg.add_argument("--num-procs", type=int, help="start N local ranks through the deepspeed launcher")
     lg.add_argument("--hostfile", help="start ranks on the hosts of this DeepSpeed hostfile")
     lg.add_argument("--master-port", type=int)
+    lg.add_argument("--launcher-args", default="", help=argparse.SUPPRESS)  # scripts/train.sh: DS_LAUNCH_ARGS
     lg.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
 
 
@@ -147,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
             if args.num_procs or args.hostfile:
                 from baichuan.launch import launch
 
-                return launch(cfg, args.num_procs, args.hostfile, args.master_port)
+                import shlex
+
+                return launch(cfg, args.num_procs, args.hostfile, args.master_port,
+                              launcher_args=shlex.split(args.launcher_args))
             from baichuan.train import prepare_run_dir
 
             prepare_run_dir(cfg)
