@@ -236,6 +236,31 @@ def test_hf_batch_call_equals_sentencepiece_on_eval_sample(exported, eval_sample
     assert rust("你好", "世界")["input_ids"] == rust("你好")["input_ids"] + rust("世界")["input_ids"]
     # added tokens inside a text are split out as transformers does (not left to the backend)
     assert rust(["a</s>b"])["input_ids"][0] == rust("a")["input_ids"] + [2] + rust("b")["input_ids"]
+    bos = AutoTokenizer.from_pretrained(out, trust_remote_code=True, add_bos_token=True)
+    assert bos(eval_sample[:50])["input_ids"] == [[1] + r for r in ref[:50]]
+    assert bos(eval_sample[:50], add_special_tokens=False)["input_ids"] == ref[:50]
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"padding": True, "return_tensors": "pt"}, {"padding": "max_length", "max_length": 40, "pad_to_multiple_of": 8},
+    {"return_attention_mask": False}, {"padding": True, "padding_side": "left"}, {"truncation": True, "max_length": 5},
+    {"return_length": True}, {"return_special_tokens_mask": True},
+])
+def test_hf_batch_options_equal_transformers_sentencepiece_tokenizer(exported, eval_sample, spm_path, options):
+    """The one-call batch path returns what transformers' own sentencepiece tokenizer returns
+    (padding, sides, masks, tensors, truncation), empty and blank texts included. (Texts holding
+    "</s>" differ on purpose: ours splits added tokens out as upstream's tokenizer did.)"""
+    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+
+    _, _, out = exported
+    reference = SentencePieceBackend(vocab_file=str(spm_path), pad_token="<unk>")
+    texts = eval_sample[:7] + ["", "  ", "a b"]
+    ours = _rust_tokenizer(out)(texts, **options)
+    theirs = reference(texts, add_special_tokens=False, **options)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        a, b = ours[key], theirs[key]
+        assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), key
 
 
 def test_sharded_export_from_the_command_line(exported, tmp_path):

@@ -15,6 +15,16 @@ from transformers import PreTrainedTokenizer
 
 VOCAB_FILES_NAMES = {"vocab_file": "tokenizer.model"}
 BACKENDS = ("auto", "baichuan", "sentencepiece")
+# Keyword arguments the one-call batch path understands; any other sends a batch down transformers'
+# generic path. _FAST_OFF: outputs only that path builds (overflow, offsets, lengths, type ids).
+_FAST_KEYS = frozenset({
+    "add_special_tokens", "padding_strategy", "truncation_strategy", "max_length", "stride", "is_split_into_words",
+    "pad_to_multiple_of", "padding_side", "return_tensors", "return_attention_mask", "return_token_type_ids",
+    "return_overflowing_tokens", "return_special_tokens_mask", "return_offsets_mapping", "return_length",
+    "split_special_tokens", "verbose",
+})
+_FAST_OFF = ("return_token_type_ids", "return_overflowing_tokens", "return_special_tokens_mask",
+             "return_offsets_mapping", "return_length", "is_split_into_words")
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 
@@ -189,6 +199,9 @@ class BaiChuanTokenizer(PreTrainedTokenizer):
         if not kwargs.get("is_split_into_words", False):
             batched = _TRANSFORMERS_MAJOR >= 5 and isinstance(text, (list, tuple)) and text
             if batched and text_pair is None and isinstance(text[0], (str, list, tuple)):
+                fast = self._fast_batch(text, kwargs)
+                if fast is not None:
+                    return fast
                 text = self._pre_encode(text, kwargs)
             elif isinstance(text, str):
                 text = self._pre_encode([text], kwargs)[0]
@@ -198,8 +211,50 @@ class BaiChuanTokenizer(PreTrainedTokenizer):
 
     def _batch_encode_plus(self, batch_text_or_text_pairs, **kwargs):  # transformers 4.x only
         if not kwargs.get("is_split_into_words", False):
+            fast = self._fast_batch(batch_text_or_text_pairs, kwargs)
+            if fast is not None:
+                return fast
             batch_text_or_text_pairs = self._pre_encode(batch_text_or_text_pairs, kwargs)
         return super()._batch_encode_plus(batch_text_or_text_pairs, **kwargs)
+
+    def _fast_batch(self, texts, kwargs):
+        """A batch of strings without truncation or extra outputs, encoded and padded the way
+        transformers' generic path would (same ids, masks, padding, tensors), without its per-text
+        Python work; None where the generic path is needed."""
+        from transformers.tokenization_utils_base import BatchEncoding, PaddingStrategy, TruncationStrategy
+
+        if not all(isinstance(t, str) for t in texts) or set(kwargs) - _FAST_KEYS:
+            return None
+        if any(kwargs.get(k) for k in _FAST_OFF):
+            return None
+        truncation = kwargs.get("truncation_strategy", TruncationStrategy.DO_NOT_TRUNCATE)
+        if TruncationStrategy(truncation) != TruncationStrategy.DO_NOT_TRUNCATE:
+            return None
+        ids = [t if isinstance(t, list) else self._generic_ids(t) for t in self._pre_encode(texts, kwargs)]
+        if kwargs.get("add_special_tokens", True) and (self.add_bos_token or self.add_eos_token):
+            ids = [self.build_inputs_with_special_tokens(x) for x in ids]
+        if ids:
+            self._eventual_warn_about_too_long_sequence(max(ids, key=len), None, kwargs.get("verbose", True))
+        padding = PaddingStrategy(kwargs.get("padding_strategy", PaddingStrategy.DO_NOT_PAD))
+        mask = kwargs.get("return_attention_mask")
+        if padding == PaddingStrategy.DO_NOT_PAD and not kwargs.get("pad_to_multiple_of"):
+            data = {"input_ids": ids}
+            if mask or (mask is None and "attention_mask" in self.model_input_names):
+                data["attention_mask"] = [[1] * len(x) for x in ids]
+            return BatchEncoding(data, tensor_type=kwargs.get("return_tensors"))
+        encoded = self.pad(
+            {"input_ids": ids},
+            padding=padding.value,
+            max_length=kwargs.get("max_length"),
+            pad_to_multiple_of=kwargs.get("pad_to_multiple_of"),
+            padding_side=kwargs.get("padding_side"),
+            return_attention_mask=mask,
+        )
+        return BatchEncoding(dict(encoded), tensor_type=kwargs.get("return_tensors"))
+
+    def _generic_ids(self, text):
+        """Ids of a text holding added tokens (or an empty one): transformers' own splitting."""
+        return self.convert_tokens_to_ids(self.tokenize(text))
 
     def _tokenize(self, text, **kwargs):
         return self._backend.encode_as_pieces(text)
