@@ -116,7 +116,7 @@ def test_peft_lora_unknown_target_is_one_error_naming_it(exported):
 
 # ------------------------------------------------------------------------------- lm-eval
 def _lm_eval(model_dir: Path, out: Path) -> list[dict]:
-    """The documented recipe (docs/evaluation.md), offline, run from another working directory."""
+    """The documented recipe (evaluation/lm_eval_tasks/README.md), offline, from another directory."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS="1", HF_MODULES_CACHE=str(out / "modules"))
     cmd = [sys.executable, "-m", "lm_eval", "--model", "hf",
