@@ -4,6 +4,7 @@
 #
 #   bash scripts/gpu_checks.sh env model train          # issue 4's agreement check, issue 5's MFU bench
 #   bash scripts/gpu_checks.sh eval gen tok e2e         # issue 6's eval bench, decoding, tokenizer threads, CLI train
+#   bash scripts/gpu_checks.sh long                     # issue 14's long-context memory table
 #
 # Stages:
 #   env    nvidia-smi, python/torch/deepspeed/xformers versions
@@ -15,6 +16,9 @@
 #   tok    scripts/bench_tokenizer_threads.py on this machine's cores (2, 4, 8, 16 threads)
 #   e2e    `baichuan tokenize` the eval data with Baichuan-7B's model, then `baichuan train` (deepspeed
 #          launcher, 1 GPU, bf16, 7B shape with 8 layers, no checkpoint) for a few steps
+#   long   scripts/bench_long_context.py: peak GPU memory of one training micro-batch (fwd + chunked CE +
+#          bwd, batch 1, bf16, sdpa, yarn:8 over a 4096 window) and of a prefill, 8-layer 7B slice at
+#          4k/8k/16k/32k, without and with activation checkpointing (docs/model.md, long context)
 #
 # The evaluation data and Baichuan-7B's tokenizer are read from ../shared (SHARED=... to change);
 # on an offline machine install the wheels of ../shared/gpu/prepare-wheels.sh first.
@@ -72,8 +76,14 @@ for s in "${@:-env model train eval gen tok e2e}"; do
             --warmup-steps 2 --precision bf16 --save-every 0 --log-every 1 --no-progress --no-tensorboard \
             --no-plot --num-procs 1
         cp /tmp/bc-e2e/run/metrics.jsonl "$OUT/e2e_metrics.jsonl" 2>/dev/null ;;
+    long)
+        stage long 240 "$PY" scripts/bench_long_context.py --device cuda --preset 7b --layers 8 --dtype bf16 \
+            --lengths 4096,8192,16384,32768 --rope-scaling yarn:8 --timeout 120 --json "$OUT/long_context.json"
+        stage long 200 "$PY" scripts/bench_long_context.py --device cuda --preset 7b --layers 8 --dtype bf16 \
+            --lengths 4096,8192,16384,32768 --rope-scaling yarn:8 --modes train --activation-checkpointing \
+            --timeout 100 --json "$OUT/long_context_ckpt.json" ;;
     *)
-        echo "gpu_checks.sh: unknown stage $s (env model train eval gen tok e2e)" >&2; exit 2 ;;
+        echo "gpu_checks.sh: unknown stage $s (env model train eval gen tok e2e long)" >&2; exit 2 ;;
     esac
   done
 done
