@@ -1494,6 +1494,51 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    /// `--resume` takes the same job spelled otherwise (trailing '/', `.` components, another
+    /// tokenizer path with the same content) and finishes it byte-identically; another job is
+    /// refused with what differs.
+    #[test]
+    fn resume_is_by_job_not_spelling() {
+        let root = tmpdir("spell");
+        let inp = root.join("in");
+        make_corpus(&inp);
+        let spelled = |s: &str, out: &Path| {
+            let mut c = cfg(&inp, out, 2, OutputFormat::Baichuan);
+            c.inputs = vec![format!("{}/{s}", root.display())];
+            c
+        };
+        let enc = || ByteEnc { cancel_after: None, seen: AtomicU64::new(0), progress: None };
+        let reference = root.join("ref");
+        run_with(&spelled("in/", &reference), &enc(), "sha", &Progress::default()).unwrap();
+        let out = root.join("out");
+        let p = Progress::default();
+        let cancelling = ByteEnc { cancel_after: Some(1100), seen: AtomicU64::new(0), progress: Some(&p) };
+        assert!(matches!(run_with(&spelled("in/", &out), &cancelling, "sha", &p), Err(Error::Cancelled)));
+        assert!(out.join(PROGRESS).exists());
+        // another job: refused, naming each difference
+        let mut other = spelled("./in", &out);
+        other.resume = true;
+        other.min_tokens = 7;
+        let err = run_with(&other, &enc(), "other-sha", &Progress::default()).unwrap_err().to_string();
+        assert!(err.contains("was written for another job: the tokenizer differs (t.model has sha256 other-sha..."), "{err}");
+        assert!(err.contains("--min-tokens was 20 and is now 7"), "{err}");
+        assert!(err.ends_with("cannot resume (use --overwrite to start again)"), "{err}");
+        let mut fewer = spelled("in/sub", &out);
+        fewer.resume = true;
+        let err = run_with(&fewer, &enc(), "sha", &Progress::default()).unwrap_err().to_string();
+        assert!(err.contains("bad.txt") && err.contains("is no longer among the inputs"), "{err}");
+        // the same job spelled otherwise: finishes as it was started
+        let mut same = spelled("./in", &out);
+        same.resume = true;
+        same.tokenizer = PathBuf::from("./elsewhere/t.model");
+        run_with(&same, &enc(), "sha", &Progress::default()).unwrap();
+        assert_eq!(dir_bytes(&out), dir_bytes(&reference));
+        // and, finished, it is nothing to do
+        run_with(&same, &enc(), "sha", &Progress::default()).unwrap();
+        assert_eq!(dir_bytes(&out), dir_bytes(&reference));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn bad_files() {
         let root = tmpdir("bad");

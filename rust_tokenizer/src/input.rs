@@ -717,6 +717,106 @@ mod tests {
         assert!(jsonl_text(r#"{"x": "a"}"#, "text").is_err());
     }
 
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bc-input-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn discovery_leaves_our_outputs_out() {
+        let root = tmpdir("ours");
+        let w = |p: &str, b: &[u8]| {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b).unwrap();
+        };
+        w("a.txt", b"text\n");
+        // an earlier output folder: its files are ours by name; a user's note there is read
+        w("old/.tokenize.lock", b"");
+        w("old/manifest.json", br#"{"format": "baichuan-shards"}"#);
+        w("old/shard-00000.bin", b"\x05\x00");
+        w("old/shard-00000.idx", &[0u8; 16]);
+        w("old/progress.json.tmp", b"{");
+        w("old/notes.txt", b"kept\n");
+        // a folder whose manifest.json is someone else's: nothing is ours by name
+        w("other/manifest.json", br#"{"format": "something else"}"#);
+        w("other/data.bin", b"\x00\x01");
+        // loose token files: ours by header; look-alikes without it are read
+        let mut mega = crate::megatron::MAGIC.to_vec();
+        mega.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 8]);
+        w("loose/c.idx", &mega);
+        w("loose/c.bin", b"\x05\x00");
+        w("loose/shard-00001.idx", &[0u8; 8]);
+        w("loose/shard-00001.bin", b"");
+        w("loose/shard-00002.idx", b"not an index\n");
+        w("loose/y.bin", b"\x00\x01");
+        w("out/z.txt", b"in the output directory\n");
+        let d = discover_excluding(&[root.to_string_lossy().into_owned()], Some(&root.join("out"))).unwrap();
+        let rel = |v: Vec<PathBuf>| v.into_iter().map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().into_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            rel(d.files),
+            ["a.txt", "loose/shard-00002.idx", "loose/y.bin", "old/notes.txt", "other/data.bin", "other/manifest.json"]
+        );
+        let skipped = rel(d.skipped.iter().map(|s| s.path.clone()).collect());
+        assert_eq!(
+            skipped,
+            ["loose/c.bin", "loose/c.idx", "loose/shard-00001.bin", "loose/shard-00001.idx", "old/manifest.json",
+             "old/progress.json.tmp", "old/shard-00000.bin", "old/shard-00000.idx", "out"]
+        );
+        let warnings = skipped_warnings(&d.skipped);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].starts_with(&format!("{}: not read: 4 files of `baichuan tokenize` token data", root.join("loose").display())));
+        assert_eq!(
+            warnings[1],
+            format!(
+                "{}: not read: 4 files of an earlier `baichuan tokenize` output: manifest.json, progress.json.tmp, shard-00000.bin, shard-00000.idx",
+                root.join("old").display()
+            )
+        );
+        assert_eq!(warnings[2], format!("{}: not read: it is the output directory of this job", root.join("out").display()));
+        // named explicitly, a file of ours is left out too; without an output, "out" is walked
+        let d = discover_excluding(&[root.join("old/shard-00000.bin").to_string_lossy().into_owned()], None).unwrap();
+        assert!(d.files.is_empty() && d.skipped.len() == 1);
+        assert!(discover(&[root.to_string_lossy().into_owned()]).unwrap().contains(&root.join("out/z.txt")));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn sniffer_tells_binary_from_text() {
+        let judge = |data: &[u8], step: usize| {
+            let mut s = BinarySniffer::default();
+            let mut verdicts: Vec<BinaryVerdict> = data.chunks(step.max(1)).filter_map(|c| s.feed(c)).collect();
+            verdicts.extend(s.finish());
+            assert!(s.finish().is_none(), "judged once");
+            verdicts
+        };
+        let text = "普通的中文文本和 English words, 123.\n".repeat(4000);
+        assert!(judge(text.as_bytes(), 100).is_empty());
+        // a few invalid bytes: text
+        let mut some = text.as_bytes()[..10_000].to_vec();
+        some.extend_from_slice(b"\xff\xfe\xe4\xbd");
+        assert!(judge(&some, 7).is_empty());
+        // random bytes, larger than the sample: one verdict, from the sample
+        let mut x: u64 = 0x2545f4914f6cdd1d;
+        let random: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let v = judge(&random, 1000);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].seen, SNIFF_BYTES);
+        assert!(v[0].bad * 100 / v[0].seen > 35, "{v:?}");
+        // NUL bytes count; a small file is judged at its end
+        assert_eq!(judge(&[0u8; 40], 3), vec![BinaryVerdict { bad: 40, seen: 40 }]);
+        assert!(judge(b"", 1).is_empty());
+    }
+
     /// Reference: universal newlines on a whole buffer.
     fn reference_lines(data: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
