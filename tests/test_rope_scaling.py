@@ -191,7 +191,8 @@ def test_bad_config_values_name_the_file(tmp_path: Path) -> None:
         ({"rope_type": "dynamic", "factor": 0.5}, "the scaling factor must be a number > 1, got 0.5"),
         ({"rope_type": "linear"}, "rope_type 'linear' needs a 'factor'"),
         ({"rope_type": "linear", "factor": 2, "beta_fast": 3}, "key(s) beta_fast not supported for rope_type 'linear'"),
-        ({"rope_type": "yarn", "factor": 2, "partial_rotary_factor": 0.5}, "key(s) partial_rotary_factor not supported"),
+        ({"rope_type": "yarn", "factor": 2, "partial_rotary_factor": 0.5},
+         "key(s) partial_rotary_factor not supported"),
         ({"rope_type": "yarn", "factor": 2, "original_max_position_embeddings": 0}, "must be a positive integer"),
         ("yarn", "must be a dict"),
     ]

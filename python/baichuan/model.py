@@ -204,7 +204,9 @@ def _dynamic_ntk_inv_freq(
     return 1.0 / (base ** exponents)
 
 
-def _yarn_inv_freq(config: ModelConfig, theta: float, dim: int, device: torch.device | None) -> tuple[torch.Tensor, float]:
+def _yarn_inv_freq(
+    config: ModelConfig, theta: float, dim: int, device: torch.device | None
+) -> tuple[torch.Tensor, float]:
     """transformers' ``_compute_yarn_parameters`` (YaRN, arXiv:2309.00071), op for op."""
     rs = config.rope_scaling
     assert rs is not None
