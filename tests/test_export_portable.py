@@ -263,12 +263,18 @@ def test_hf_batch_options_equal_transformers_sentencepiece_tokenizer(exported, e
         assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), key
 
 
-def test_sharded_export_from_the_command_line(exported, tmp_path):
+def test_sharded_export_from_the_command_line(exported, tmp_path, capsys):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
     model, native, _ = exported
     out = tmp_path / "hf"
+    for bad in ("2 parsecs", "0MB"):
+        assert cli_main(["export-hf", "--checkpoint", str(native), "--output", str(out), "--tokenizer", str(SPM),
+                         "--max-shard-size", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("baichuan export-hf: error: --max-shard-size:"), err
+        assert repr(bad) in err[0] and not out.exists()
     assert cli_main(["export-hf", "--checkpoint", str(native), "--output", str(out), "--tokenizer", str(SPM),
                      "--max-shard-size", "2MB"]) == 0
     index = json.loads((out / "model.safetensors.index.json").read_text())

@@ -414,10 +414,13 @@ def parse_size(size: str | int) -> int:
         return size
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", size, flags=re.IGNORECASE)
     if not m:
-        raise ValueError(f"cannot parse size {size!r} (e.g. 2GB, 500MB)")
+        raise ValueError(f"--max-shard-size: cannot parse size {size!r} (e.g. 2GB, 500MB)")
     unit = (m.group(2) or "B").upper()
     mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
-    return int(float(m.group(1)) * mult)
+    n = int(float(m.group(1)) * mult)
+    if n <= 0:
+        raise ValueError(f"--max-shard-size: must be more than 0 bytes, got {size!r}")
+    return n
 
 
 def hf_config_dict(config: ModelConfig, torch_dtype: str) -> dict[str, Any]:
@@ -490,6 +493,7 @@ def export_hf(
         )
     if dtype != "auto" and dtype not in _DTYPES:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    shard_bytes = parse_size(max_shard_size)  # a bad size is refused before any work
     if out.resolve() == ckpt.resolve():
         raise ValueError("the output folder must differ from the checkpoint folder")
     from baichuan.safety import plan_output
@@ -511,7 +515,7 @@ def export_hf(
     dtypes = {v.dtype for v in state.values()}
     torch_dtype = str(next(iter(dtypes))).removeprefix("torch.") if len(dtypes) == 1 else "float32"
 
-    shards = _shard({k: v.contiguous() for k, v in state.items()}, parse_size(max_shard_size))
+    shards = _shard({k: v.contiguous() for k, v in state.items()}, shard_bytes)
     n = len(shards)
     plan.apply([f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)])
     weight_map: dict[str, str] = {}
