@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from baichuan.checkpoint import MANIFEST_NAME, manifest_problems, save_model, verify_manifest, write_manifest
+from baichuan.checkpoint import save_model
 from baichuan.cli import main
 from baichuan.config import ModelConfig
 from baichuan.model import BaichuanForCausalLM
@@ -44,6 +44,8 @@ pytestmark = [
 
 STEP = "step-1"
 FORMATS = ("raw", "zip")
+OPTIM = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+MODEL_STATES = "mp_rank_00_model_states.pt"
 
 
 # ------------------------------------------------------------------------------------ poison
@@ -58,7 +60,7 @@ class Poison:
 
 
 def write_poison(path: Path, marker: Path, fmt: str, payload: dict | None = None) -> None:
-    obj = {**(payload or {}), "x": Poison(marker)}
+    obj = {"x": Poison(marker), **(payload or {})}
     path.unlink(missing_ok=True)
     if fmt == "raw":
         path.write_bytes(pickle.dumps(obj, protocol=2))
@@ -69,6 +71,26 @@ def write_poison(path: Path, marker: Path, fmt: str, payload: dict | None = None
 def model_states_payload(ckpt_step: Path) -> dict:
     """What a DeepSpeed model-states file holds (plain weights, plain metadata), read safely."""
     return torch.load(ckpt_step / "mp_rank_00_model_states.pt", weights_only=True)
+
+
+def optim_states_payload(ckpt_step: Path) -> dict:
+    """The real content of this test's own ZeRO-2 optimizer states (weights_only with the three
+    DeepSpeed classes they hold allowed), so a poisoned copy still works for DeepSpeed."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+        return torch.load(ckpt_step / OPTIM, weights_only=True)
+
+
+def poison_position(step: Path, position: str, marker: Path, fmt: str) -> str:
+    """Replace a DeepSpeed file of ``step`` by a poisoned copy that keeps its real content."""
+    if position == "optim_states":
+        write_poison(step / OPTIM, marker, fmt, optim_states_payload(step))
+        return OPTIM
+    write_poison(step / MODEL_STATES, marker, fmt, model_states_payload(step))
+    return MODEL_STATES
 
 
 def test_the_poison_is_live(tmp_path: Path) -> None:
@@ -217,11 +239,11 @@ def test_deepspeed_folder_reads_model_folder_not_pickles(
     poisoned DeepSpeed file sits beside it; eval --backend transformers refuses the folder."""
     marker = tmp_path / "PWNED"
     step = ckpts / STEP
-    name = "zero_pp_rank_0_mp_rank_00_optim_states.pt" if position == "optim_states" else "mp_rank_00_model_states.pt"
-    write_poison(step / name, marker, fmt)
+    poison_position(step, position, marker, fmt)
     for target in (ckpts, step):
         out = tmp_path / f"hf-{target.name}"
         rc, _, err = cli(["export-hf", "--checkpoint", str(target), "--output", str(out)], capsys)
+        assert not marker.exists()
         assert rc == 0, err
         assert (out / "model.safetensors.index.json").is_file()
     rc, out, err = cli(["generate", "--model", str(ckpts), "--max-new-tokens", "3", "--device", "cpu", "The"], capsys)
@@ -247,8 +269,9 @@ def test_deepspeed_poisoned_model_states_refused(
 ) -> None:
     marker = tmp_path / "PWNED"
     step = drop_model_folder(ckpts)
-    write_poison(step / "mp_rank_00_model_states.pt", marker, fmt, model_states_payload(step))
+    poison_position(step, "model_states", marker, fmt)
     rc, _, err = cli(COMMANDS[command](ckpts), capsys)
+    assert not marker.exists()
     assert_one_line_error(rc, err, command, "mp_rank_00_model_states.pt", "refused", "not unpickled")
     assert not marker.exists()
 
@@ -264,8 +287,9 @@ def test_deepspeed_optimizer_states_never_opened(
     marker = tmp_path / "PWNED"
     _, reference = load_checkpoint(ckpts / STEP / "model")
     step = drop_model_folder(ckpts)
-    write_poison(step / "zero_pp_rank_0_mp_rank_00_optim_states.pt", marker, fmt)
+    poison_position(step, "optim_states", marker, fmt)
     rc, _, err = cli(COMMANDS["export-hf"](ckpts), capsys)
+    assert not marker.exists()
     assert rc == 0, err
     _, exported = load_checkpoint(ckpts.parent / "exported")
     assert all(torch.equal(exported[k], reference[k]) for k in reference)
@@ -342,9 +366,8 @@ def test_init_from_poisoned_refused(
 ) -> None:
     marker = tmp_path / "PWNED"
     if position == "model_states":
-        step = drop_model_folder(ckpts)
-        write_poison(step / "mp_rank_00_model_states.pt", marker, fmt, model_states_payload(step))
-        source, victim = ckpts, "mp_rank_00_model_states.pt"
+        victim = poison_position(drop_model_folder(ckpts), position, marker, fmt)
+        source = ckpts
     else:
         source = hf_bin_folder(tiny_native, tmp_path / "hf", sharded=position != "pytorch_model.bin")
         victim = {"pytorch_model.bin": "pytorch_model.bin", "sharded": "pytorch_model-00002-of-00002.bin",
@@ -353,8 +376,8 @@ def test_init_from_poisoned_refused(
     cmd = train_cmd(text_dir, tmp_path / "run", "--init-from", str(source))
     cmd[cmd.index("--model"):cmd.index("--model") + 2] = []
     rc, err = train_in_process(cmd, capsys)
-    assert_one_line_error(rc, err, "train", victim)
     assert not marker.exists()
+    assert_one_line_error(rc, err, "train", victim)
 
 
 def test_init_from_deepspeed_folder_uses_model_folder(
@@ -364,8 +387,8 @@ def test_init_from_deepspeed_folder_uses_model_folder(
     run, one step), and the run's first loss is the trained model's, not a fresh one's."""
     marker = tmp_path / "PWNED"
     step = ckpts / STEP
-    write_poison(step / "zero_pp_rank_0_mp_rank_00_optim_states.pt", marker, "zip")
-    write_poison(step / "mp_rank_00_model_states.pt", marker, "raw")
+    poison_position(step, "optim_states", marker, "zip")
+    poison_position(step, "model_states", marker, "raw")
     cmd = train_cmd(text_dir, tmp_path / "run", "--init-from", str(ckpts), "--lr", "1e-9")
     cmd[cmd.index("--model"):cmd.index("--model") + 2] = []
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -379,7 +402,12 @@ def test_init_from_deepspeed_folder_uses_model_folder(
 
 
 # ------------------------------------------------------------------------------------- --resume
+MANIFEST_NAME = "files.sha256.json"
+
+
 def test_manifest_records_every_file(trained: Path) -> None:
+    from baichuan.checkpoint import manifest_problems
+
     step = trained / "checkpoints" / STEP
     files = json.loads((step / MANIFEST_NAME).read_text())["files"]
     on_disk = sorted(p.relative_to(step).as_posix() for p in step.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
@@ -390,6 +418,8 @@ def test_manifest_records_every_file(trained: Path) -> None:
 
 
 def test_manifest_functions(tmp_path: Path) -> None:
+    from baichuan.checkpoint import verify_manifest, write_manifest
+
     d = tmp_path / "ck"
     (d / "sub").mkdir(parents=True)
     (d / "a.bin").write_bytes(b"abc")
@@ -438,13 +468,12 @@ def test_resume_refuses_a_replaced_file(
         write_poison(step / victim, marker, "zip")
     else:
         position, fmt = case.split("-")
-        victim = "zero_pp_rank_0_mp_rank_00_optim_states.pt" if position == "optim_states" else "mp_rank_00_model_states.pt"
-        write_poison(step / victim, marker, fmt, model_states_payload(step) if position == "model_states" else None)
+        victim = poison_position(step, position, marker, fmt)
     cmd = train_cmd(text_dir, run, "--resume")
     cmd[cmd.index("--steps") + 1] = "2"
     rc, err = train_in_process(cmd, capsys)
-    assert_one_line_error(rc, err, "train", str(step / victim))
     assert not marker.exists()
+    assert_one_line_error(rc, err, "train", str(step / victim))
 
 
 # --------------------------------------------------------------------- §5: errors a user can act on
@@ -490,7 +519,7 @@ def test_cli_one_line_in_a_real_process(ckpts: Path, tmp_path: Path) -> None:
     """The headline case as a user runs it: nothing but one line on stderr, exit status 2."""
     marker = tmp_path / "PWNED"
     step = drop_model_folder(ckpts)
-    write_poison(step / "mp_rank_00_model_states.pt", marker, "zip", model_states_payload(step))
+    poison_position(step, "model_states", marker, "zip")
     r = subprocess.run([sys.executable, "-m", "baichuan", "export-hf", "--checkpoint", str(ckpts), "--output",
                         str(tmp_path / "o"), "--tokenizer", str(SPM)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stdout == ""
