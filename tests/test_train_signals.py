@@ -111,9 +111,11 @@ def test_sigterm_stops_every_rank_and_resume_continues_to_the_same_losses(tmp_pa
 
 
 def _run_until(args: list[str], out: Path, step: int, log_path: Path) -> str:
-    """Run ``args`` (a resume) until it logs ``step`` again; then SIGTERM it (exercising it once more)."""
+    """Run ``args`` (a resume) until it logs ``step`` again; then Ctrl-C it as a terminal does (SIGINT
+    to the foreground process group: the command's own group, not the launcher's session)."""
     log = open(log_path, "w+")
     p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    tree: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 180
         # metrics.jsonl is cut back to the checkpoint when the resumed run logs "resumed from"
@@ -121,12 +123,23 @@ def _run_until(args: list[str], out: Path, step: int, log_path: Path) -> str:
             assert p.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, "the resumed run did not reach the step"
             time.sleep(0.1)
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(timeout=30) == 143
+        tree = psutil.Process(p.pid).children(recursive=True)
+        os.killpg(p.pid, signal.SIGINT)
+        assert p.wait(timeout=30) == 130
+        assert not alive(tree)
     finally:
+        for child in alive(tree):
+            child.kill()
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-    return log_path.read_text()
+    text = log_path.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    assert [line for line in text.splitlines() if "stopped by" in line or "interrupted" in line] == [
+        f"baichuan train: stopped by SIGINT; all ranks ended; the last complete checkpoint is "
+        f"{out / 'checkpoints' / (out / 'checkpoints' / 'latest').read_text().strip()}; "
+        f"continue with --resume (--output-dir {out})"
+    ]
+    return text
 
 
 STAND_IN = r"""
