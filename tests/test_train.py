@@ -171,3 +171,35 @@ def test_train_sh_rejects_an_unreadable_hostfile(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert r.returncode != 0 and "hostfile not found" in r.stderr
+
+
+# ------------------------------------------------------------------ DeepSpeed's CPU extension
+def test_deepspeed_extension_folder_is_per_environment_and_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from baichuan import launch
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    if os.access(sys.prefix, os.W_OK):  # inside this environment
+        assert launch.extensions_dir() == Path(sys.prefix) / "var" / "baichuan" / "torch_extensions"
+    # a read-only environment: a folder of the user cache keyed by sys.prefix, one per environment
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "prefix", "/nonexistent/env-a")
+    a = launch.extensions_dir()
+    monkeypatch.setattr(sys, "prefix", "/nonexistent/env-b")
+    b = launch.extensions_dir()
+    assert a != b and a.parent == b.parent == tmp_path / "cache" / "baichuan" / "torch_extensions"
+    # one line before the first build, nothing once it is built; a user's TORCH_EXTENSIONS_DIR wins
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    import deepspeed.ops
+
+    if not deepspeed.ops.__compatible_ops__.get(launch.SHM_EXTENSION, False):
+        pytest.skip("DeepSpeed cannot build its CPU extension here")
+    assert launch.announce_extension_build() is True
+    assert capsys.readouterr().err == (
+        f"DeepSpeed compiles its CPU communication extension (deepspeed_shm_comm) into {tmp_path / 'ext'} once "
+        "for this environment: about 1-2 minutes with no output, later runs reuse it\n"
+    )
+    (tmp_path / "ext" / "deepspeed_shm_comm").mkdir(parents=True)
+    (tmp_path / "ext" / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").write_bytes(b"")
+    assert launch.announce_extension_build() is False and capsys.readouterr().err == ""
