@@ -301,3 +301,25 @@ def test_train_tokenizer_errors_name_the_file_and_our_flags(text_dir: Path, tmp_
             "--input-sentence-size", "1K")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m.model").exists()
+
+
+def test_train_tokenizer_reads_what_tokenize_reads(text_dir: Path, tmp_path: Path) -> None:
+    """train-tokenizer discovers inputs with tokenize's own rule: an earlier output among them is
+    left out with the same warning, not trained on as text."""
+    pytest.importorskip("sentencepiece")
+    from baichuan.tokenizer_training import TrainTokenizerConfig, discover_files, train_tokenizer
+
+    data = tmp_path / "data"
+    shutil.copytree(text_dir, data)
+    run(cfg([text_dir], data / "shards"))
+    warnings: list[str] = []
+    assert discover_files([str(data)], warnings.append) == sorted(data.glob("*.csv"))
+    assert len(warnings) == 1 and warnings[0].startswith(f"{data / 'shards'}: not read: ")
+    small = dict(vocab_size=1500, character_coverage=0.98, user_defined_symbols=[])
+    r = train_tokenizer(TrainTokenizerConfig(inputs=[str(data)], model_prefix=str(tmp_path / "a"), **small),
+                        warn=warnings.append)
+    plain = train_tokenizer(TrainTokenizerConfig(inputs=[str(text_dir)], model_prefix=str(tmp_path / "b"), **small))
+    assert r.sentences == plain.sentences and len(warnings) == 2
+    assert (tmp_path / "a.model").read_bytes() == (tmp_path / "b.model").read_bytes()
+    with pytest.raises(CorpusError, match="nope: no such file or directory"):
+        discover_files([str(tmp_path / "nope")])

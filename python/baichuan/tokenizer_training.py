@@ -23,8 +23,9 @@ import io
 import json
 import os
 import re
+import sys
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -179,41 +180,18 @@ def _is_jsonl(path: Path) -> bool:
     return base.endswith(".jsonl") or base.endswith(".ndjson")
 
 
-def discover_files(inputs: Sequence[str]) -> list[Path]:
-    """Files, directories (recursive, sorted, hidden entries skipped) and glob patterns, in the
-    order ``baichuan tokenize`` uses."""
-    import glob
+def discover_files(inputs: Sequence[str], warn: Callable[[str], None] | None = None) -> list[Path]:
+    """Files, directories (recursive, sorted, hidden entries skipped) and glob patterns: exactly
+    the files ``baichuan tokenize`` reads (its Rust discovery), so our own outputs (earlier
+    ``baichuan tokenize`` output folders, token ``.idx``/``.bin`` files) are left out, each
+    directory with one warning line given to ``warn``. A missing input is an error naming it."""
+    from baichuan import _tokenizer
 
-    out: list[Path] = []
-
-    def walk(d: Path) -> Iterator[Path]:
-        for p in sorted(d.iterdir()):
-            if p.name.startswith("."):
-                continue
-            if p.is_dir():
-                yield from walk(p)
-            else:
-                yield p
-
-    for s in inputs:
-        p = Path(s)
-        if p.is_dir():
-            found = list(walk(p))
-        elif p.exists():
-            found = [p]
-        elif any(c in s for c in "*?["):
-            found = []
-            for m in sorted(glob.glob(s)):
-                mp = Path(m)
-                found.extend(walk(mp) if mp.is_dir() else [mp])
-            if not found:
-                raise FileNotFoundError(f"{s}: the pattern matches no file")
-        else:
-            raise FileNotFoundError(f"{s}: no such file or directory")
-        for f in found:
-            if f not in out:
-                out.append(f)
-    return out
+    files, warnings = _tokenizer.discover_inputs([os.fspath(p) for p in inputs])
+    for w in warnings:
+        if warn is not None:
+            warn(w)
+    return [Path(f) for f in files]
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
@@ -272,15 +250,19 @@ class TrainResult:
     sentences: int
 
 
-def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainResult:
-    """Trains with sentencepiece and writes ``PREFIX.model`` and ``PREFIX.vocab``."""
+def train_tokenizer(cfg: TrainTokenizerConfig, warn: Callable[[str], None] | None = None) -> TrainResult:
+    """Trains with sentencepiece and writes ``PREFIX.model`` and ``PREFIX.vocab``. Warnings (our
+    own outputs found among the inputs and left out) go to ``warn``, by default to stderr as
+    ``baichuan train-tokenizer: warning: ...``."""
     try:
         import sentencepiece as spm
     except ImportError as e:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "train-tokenizer needs the sentencepiece trainer: pip install 'baichuan-stack[train]' (or pip install sentencepiece)"
         ) from e
-    files = discover_files(cfg.inputs)
+    if warn is None:
+        warn = lambda w: print(f"baichuan train-tokenizer: warning: {w}", file=sys.stderr)  # noqa: E731
+    files = discover_files(cfg.inputs, warn)
     if not files:
         raise FileNotFoundError("no input files")
     kwargs = cfg.trainer_kwargs()

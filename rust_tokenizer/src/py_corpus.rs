@@ -156,10 +156,21 @@ fn tokenize_corpus(py: Python<'_>, config_json: &str) -> PyResult<String> {
     .map_err(to_py)
 }
 
+/// The files `baichuan tokenize` would read for `inputs`, in its order, leaving out our own
+/// outputs (docs/formats.md): `(files, warnings)`, one warning line per directory left out.
+/// `train-tokenizer` uses it so both commands read the same files.
+#[pyfunction]
+fn discover_inputs(inputs: Vec<String>) -> PyResult<(Vec<String>, Vec<String>)> {
+    let d = crate::input::discover_excluding(&inputs, None).map_err(to_py)?;
+    let files = d.files.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    Ok((files, crate::input::skipped_warnings(&d.skipped)))
+}
+
 /// Adds the corpus names to the native module (called from py.rs).
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CorpusError", m.py().get_type::<CorpusError>())?;
     m.add_class::<CorpusJob>()?;
     m.add_function(wrap_pyfunction!(tokenize_corpus, m)?)?;
+    m.add_function(wrap_pyfunction!(discover_inputs, m)?)?;
     Ok(())
 }
