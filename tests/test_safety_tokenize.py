@@ -323,3 +323,25 @@ def test_train_tokenizer_reads_what_tokenize_reads(text_dir: Path, tmp_path: Pat
     assert (tmp_path / "a.model").read_bytes() == (tmp_path / "b.model").read_bytes()
     with pytest.raises(CorpusError, match="nope: no such file or directory"):
         discover_files([str(tmp_path / "nope")])
+
+
+def test_warnings_do_not_mix_into_the_progress_line() -> None:
+    import io
+
+    from baichuan.corpus import ProgressLine
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    buf = Tty()
+    bar = ProgressLine(buf, interval=0.0)
+    p = dict(raw_bytes_total=10, raw_bytes_skipped=0, raw_bytes_read=5, files_done=0, files_total=1, text_bytes=5,
+             tokens=3)
+    bar.update(p, force=True)
+    width = bar.width
+    bar.message("baichuan tokenize: warning: x.bin: mostly not UTF-8 text")
+    bar.update(p, force=True)
+    out = buf.getvalue()
+    assert out.startswith("\rtokenize ")
+    assert "\r" + " " * width + "\rbaichuan tokenize: warning: x.bin: mostly not UTF-8 text\n\rtokenize " in out

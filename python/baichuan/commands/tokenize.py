@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="PATH",
         help="files, directories (read recursively, sorted; hidden entries skipped) or glob patterns; "
-        ".gz and .zst are decompressed",
+        ".gz and .zst are decompressed; our own outputs found there (earlier tokenize output folders, "
+        "token .bin/.idx files, OUT_DIR) are left out with a warning",
     )
     parser.add_argument("--output", required=True, metavar="OUT_DIR", help="output directory")
     parser.add_argument(
