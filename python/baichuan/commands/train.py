@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="model preset (7b, small, tiny) or a config.json path [7b]")
     g.add_argument("--model-override", action="append", type=_override, default=None, metavar="KEY=VALUE",
                    help="ModelConfig field override, repeatable (e.g. num_hidden_layers=8)")
-    g.add_argument("--init-from", help="native model folder to start from (continued pre-training)")
+    g.add_argument("--init-from", help="checkpoint to start from (continued pre-training): a native model "
+                   "folder, a transformers folder or a `baichuan train` checkpoints folder")
     g.add_argument("--tokenizer", help="tokenizer .model (required for a text directory; checked against shards)")
     g.add_argument("--max-length", type=int, help="tokens per training sequence [4096]")
     g.add_argument("--rope-scaling", metavar="TYPE:FACTOR",
