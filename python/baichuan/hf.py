@@ -477,7 +477,7 @@ def export_hf(
     """Convert ``checkpoint`` (native, DeepSpeed or transformers folder) to a transformers folder.
 
     ``tokenizer`` defaults to ``checkpoint/tokenizer.model``; its vocabulary must equal the model's.
-    ``dtype`` "auto" keeps the checkpoint's dtype (DeepSpeed consolidation gives float32)."""
+    ``dtype`` "auto" keeps the checkpoint's dtype (a DeepSpeed checkpoint's: its ``model/`` folder's)."""
     import torch
     from safetensors.torch import save_file
 

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-        help="weight dtype to write (auto keeps the checkpoint's; DeepSpeed consolidation gives float32)",
+        help="weight dtype to write (auto keeps the checkpoint's, e.g. its model/ folder's for a DeepSpeed checkpoint)",
     )
     parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
     parser.add_argument("--overwrite", action="store_true",
