@@ -164,6 +164,14 @@ def test_export_without_baichuan_package_same_ids_and_snippet(exported, eval_sam
     assert hidden["text"] == tok.decode(prompt + expected, skip_special_tokens=True)
 
 
+def test_unknown_tokenizer_backend_is_refused(exported):
+    from transformers import AutoTokenizer
+
+    _, _, out = exported
+    with pytest.raises(ValueError, match=r"tokenizer_backend must be one of auto, baichuan, sentencepiece, got 'spm'"):
+        AutoTokenizer.from_pretrained(out, trust_remote_code=True, tokenizer_backend="spm")
+
+
 def test_no_tokenizer_backend_at_all_names_both_installs(exported, tmp_path):
     _, _, out = exported
     result = _run_hidden(out, ["x"], "baichuan,sentencepiece", tmp_path)
