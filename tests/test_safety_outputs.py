@@ -326,3 +326,19 @@ def test_tokenize_overwrite_keeps_other_files(tmp_path) -> None:
     assert r.returncode != 0 and "--overwrite" in r.stderr
     assert subprocess.run([*args, "--overwrite"], capture_output=True, timeout=120).returncode == 0
     assert (out / "README").read_text() == "mine\n"
+
+
+def test_a_nested_output_holding_other_files_is_not_deleted(tmp_path) -> None:
+    from baichuan.safety import KINDS
+
+    out = tmp_path / "demo"
+    plan_output(out, "demo", overwrite=False).apply(KINDS["demo"].patterns)
+    (out / "corpus").mkdir()
+    hf = out / "hf"
+    plan_output(hf, "export-hf", overwrite=False).apply(["config.json"])
+    (hf / "config.json").write_text("{}")
+    (hf / "my_notes.md").write_text("mine\n")  # not written by export-hf: hf/ is not only ours
+    before = snapshot(out)
+    with pytest.raises(RefusedError, match=r"also holds files `baichuan demo` did not write \(hf\)"):
+        plan_output(out, "demo", overwrite=True)
+    assert snapshot(out) == before

@@ -112,13 +112,6 @@ def write_marker(folder: Path, kind: str, names: Iterable[str]) -> None:
     os.replace(tmp, folder / MARKER)
 
 
-def claim(folder: str | os.PathLike[str], names: Iterable[str]) -> None:
-    """Add ``names`` to the marker of ``folder`` (before writing entries not known at planning time)."""
-    p = Path(folder)
-    data = read_marker(p) or {}
-    write_marker(p, str(data.get("kind", "")), [*data.get("names", []), *names])
-
-
 def plan_output(
     path: str | os.PathLike[str],
     kind: str,
@@ -206,8 +199,22 @@ def _is_ours(name: str, k: OutputKind, recorded: set[str]) -> bool:
 
 
 def _nested_output(entry: Path) -> bool:
-    """A sub-folder holding another baichuan output (e.g. ``demo/hf`` from ``export-hf``)."""
-    return entry.is_dir() and not entry.is_symlink() and (entry / MARKER).is_file()
+    """A sub-folder holding another baichuan output and nothing else (e.g. ``demo/hf`` written by
+    ``export-hf --output demo/hf``, as the demo suggests)."""
+    if not entry.is_dir() or entry.is_symlink() or not (entry / MARKER).is_file():
+        return False
+    try:
+        marker = read_marker(entry)
+    except RefusedError:
+        return False
+    k = KINDS.get(str(marker.get("kind"))) if marker else None
+    if k is None:
+        return False
+    recorded = set(marker.get("names", []))
+    return all(
+        e.name in (MARKER, MARKER + ".tmp") or _is_ours(e.name, k, recorded) or _nested_output(e)
+        for e in entry.iterdir()
+    )
 
 
 def _names(entries: Sequence[Path], limit: int = 5) -> str:
