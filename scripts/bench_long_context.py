@@ -8,7 +8,7 @@ subprocess per length and mode so every peak is that run's own.
 Modes (``--modes``, default both):
 
 * ``train``: one training micro-batch (batch 1): forward, our chunked cross entropy
-  (``baichuan.losses.lm_loss``, 1024-row chunks: the logits are never whole), backward; no
+  (``model(ids[:, :-1], labels=ids, ce_chunk=1024)``: the logits are never whole), backward; no
   optimizer step, so the figure is weights + gradients + activations.
 * ``prefill``: a ``torch.inference_mode`` forward over the whole prompt with a KV cache and only
   the last position's logits (what ``baichuan generate`` does before decoding).
@@ -58,7 +58,6 @@ def worker(args: argparse.Namespace) -> Row:
     import torch
 
     from baichuan.config import ModelConfig, parse_rope_scaling
-    from baichuan.losses import lm_loss
     from baichuan.model import BaichuanForCausalLM
 
     torch.manual_seed(0)
@@ -81,7 +80,7 @@ def worker(args: argparse.Namespace) -> Row:
         if args.mode == "train":
             model.train()
             model.zero_grad(set_to_none=False)
-            loss = lm_loss(model, ids[:, :-1], ids[:, 1:], 1024)
+            loss = model(ids[:, :-1], labels=ids, ce_chunk=1024).loss
             loss.backward()
         else:
             model.eval()

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""LM-head + cross-entropy forward/backward: plain (fp32 logits for every token) vs chunked
-(``baichuan.losses.chunked_cross_entropy``). Prints time and peak memory per configuration.
+"""LM-head + cross-entropy forward/backward through the model's head, ``baichuan.model.LMHead``
+(what ``BaichuanForCausalLM(input_ids, labels=..., ce_chunk=N)`` calls): plain (``ce_chunk=0``,
+fp32 logits for every token) vs chunked (``ce_chunk=N``). Prints time and peak memory per
+configuration.
 
 Each configuration runs in a child process; peak memory is ``torch.cuda.max_memory_allocated``
 on a GPU, and the growth of the child's peak RSS over its state before the call on a CPU.
@@ -22,25 +24,25 @@ import time
 
 def child(a: argparse.Namespace) -> dict:
     import torch
-    import torch.nn.functional as F
 
-    from baichuan.losses import chunked_cross_entropy
+    from baichuan.model import LMHead
 
     dev = torch.device("cuda" if torch.cuda.is_available() and not a.cpu else "cpu")
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
     g = torch.Generator().manual_seed(0)
     h = torch.randn(a.tokens, a.hidden, generator=g).to(dev, dtype).requires_grad_()
-    w = (0.02 * torch.randn(a.vocab, a.hidden, generator=g)).to(dev, dtype).requires_grad_()
+    head = LMHead(a.hidden, a.vocab)
+    with torch.no_grad():
+        head.weight.copy_(0.02 * torch.randn(a.vocab, a.hidden, generator=g))
+    head = head.to(dev, dtype)
     t = torch.randint(0, a.vocab, (a.tokens,), generator=g).to(dev)
+    chunk = a.chunk if a.mode == "chunked" else 0
 
     def step() -> float:
-        if a.mode == "plain":
-            loss = F.cross_entropy((h @ w.t()).float(), t)
-        else:
-            loss = chunked_cross_entropy(h, w, t, a.chunk)
+        loss = head(h, t, ce_chunk=chunk)
         loss.backward()
         h.grad = None
-        w.grad = None
+        head.weight.grad = None
         return float(loss)
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the first call: includes its peak

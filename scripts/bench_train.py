@@ -11,8 +11,9 @@ it prints tokens/s, TFLOPS and MFU against 989.4 TFLOP/s (H100/H200 dense bf16),
 (``baichuan.model.flops_per_token``; the formula of ../shared/gpu/README.md, whose H200 anchors
 are: HF Llama + SDPA plain loop 42.6%, DeepSpeed ZeRO-2 + xformers 34.9%, DeepSpeed + SDPA 36.3%).
 
-Loss paths: ``chunked`` is ``baichuan.losses.chunked_cross_entropy`` (what ``baichuan train``
-uses; no fp32 logits for all 64000 classes), ``plain`` is bf16 logits + fp32 ``F.cross_entropy``.
+Loss paths: ``chunked`` is the model's chunked LM-head loss, ``model(x[:, :-1], labels=x,
+ce_chunk=N)`` (what ``baichuan train`` uses; no fp32 logits for all 64000 classes), ``plain`` is
+``ce_chunk=0``: bf16 logits + fp32 ``F.cross_entropy``.
 
 ``--engines deepspeed,plain`` adds rows without DeepSpeed (fp32 weights, bf16 autocast, torch fused
 AdamW, plain loss: the recipe of the anchors' "plain loop"), separating DeepSpeed's overhead from the
@@ -79,7 +80,6 @@ def child(args: argparse.Namespace) -> dict:
     import deepspeed
 
     from baichuan.config import ModelConfig
-    from baichuan.losses import lm_loss
     from baichuan.model import BaichuanForCausalLM, flops_per_token
 
     cuda = torch.cuda.is_available() and not args.cpu_smoke
@@ -128,7 +128,7 @@ def child(args: argparse.Namespace) -> dict:
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = lm_loss(engine, x[:, :-1], x[:, 1:], chunk)
+        loss = engine(x[:, :-1], labels=x, ce_chunk=chunk).loss
         engine.backward(loss)
         engine.step()
         if cuda:

@@ -10,9 +10,10 @@ import torch
 from baichuan.config import ModelConfig
 from baichuan.model import (
     BaichuanForCausalLM,
-    causal_lm_loss,
+    LMHead,
     expand_past_key_values,
     flops_per_token,
+    next_token_targets,
     resolve_attn_backend,
 )
 
@@ -111,6 +112,10 @@ def test_logits_and_loss_equal_llama(cfg_kw, seq_len):
     assert rel_err(ours.logits, theirs.logits) < 1e-5
     if seq_len > 1:
         assert abs(float(ours.loss) - float(theirs.loss)) <= 1e-5 * abs(float(theirs.loss))
+        with torch.no_grad():  # the chunked LM-head loss: the same labels, the same number
+            chunked = model(ids, labels=labels, ce_chunk=5)
+        assert chunked.logits is None
+        assert abs(float(chunked.loss) - float(theirs.loss)) <= 1e-5 * abs(float(theirs.loss))
     for backend in ("sdpa", "eager"):
         model.set_attn_backend(backend)
         with torch.no_grad():
@@ -149,7 +154,9 @@ def test_loss_ignores_minus_100_and_matches_cross_entropy():
     want = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100
     )
-    assert torch.equal(causal_lm_loss(logits, labels), want)
+    assert torch.equal(LMHead.loss_from_logits(logits[:, :-1], next_token_targets(labels, 4)), want)
+    got = LMHead.loss_from_logits(logits, next_token_targets(labels, 5))  # last position: -100
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_eager_and_sdpa_agree_forward_and_backward():

@@ -1,5 +1,5 @@
-"""Training pieces that need no launcher: the chunked cross entropy against PyTorch's, the DeepSpeed
-config merge, hostfile parsing, checkpoint pruning, and `baichuan train`'s errors on bad input."""
+"""Training pieces that need no launcher: the DeepSpeed config merge, hostfile parsing, checkpoint
+pruning, and `baichuan train`'s errors on bad input (the loss is tested in tests/test_loss.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F
 
 from baichuan.cli import main as cli_main
 from baichuan.launch import LaunchError, deepspeed_command, parse_hostfile
-from baichuan.losses import chunked_cross_entropy, lm_loss
 from baichuan.train import prune_checkpoints
 from baichuan.train_config import DEFAULT_DEEPSPEED, TrainConfig, build_deepspeed_config
 
@@ -23,59 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SPM = SHARED / "spm-models" / "llama2.model"
 OTHER_SPM = SHARED / "spm-models" / "mistral-7b-v1.model"
-
-
-# ------------------------------------------------------------------------- chunked cross entropy
-@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
-def test_chunked_cross_entropy_matches_pytorch_fp32(chunk: int) -> None:
-    g = torch.Generator().manual_seed(0)
-    h = torch.randn(50, 16, generator=g, dtype=torch.float64).float().requires_grad_()
-    w = (0.3 * torch.randn(300, 16, generator=g)).requires_grad_()
-    t = torch.randint(0, 300, (50,), generator=g)
-    t[[3, 17]] = -100
-    ref = F.cross_entropy((h @ w.t()).float(), t, ignore_index=-100)
-    gh, gw = torch.autograd.grad(ref * 1.7, (h, w))
-    h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
-    got = chunked_cross_entropy(h2, w2, t, chunk_size=chunk)
-    (got * 1.7).backward()
-    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(h2.grad, gh, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(w2.grad, gw, rtol=1e-5, atol=1e-7)
-
-
-def test_chunked_cross_entropy_bf16_close_to_fp32_reference() -> None:
-    g = torch.Generator().manual_seed(1)
-    h = torch.randn(2, 40, 32, generator=g).bfloat16().requires_grad_()
-    w = (0.2 * torch.randn(500, 32, generator=g)).bfloat16().requires_grad_()
-    t = torch.randint(0, 500, (2, 40), generator=g)
-    ref = F.cross_entropy((h.float() @ w.float().t()).reshape(-1, 500), t.reshape(-1))
-    gh, gw = torch.autograd.grad(ref, (h, w))
-    got = chunked_cross_entropy(h, w, t, chunk_size=16)
-    got.backward()
-    assert got.dtype == torch.float32 and h.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.bfloat16
-    torch.testing.assert_close(got, ref, rtol=2e-3, atol=2e-3)
-    torch.testing.assert_close(h.grad.float(), gh.float(), rtol=2e-2, atol=2e-4)
-    torch.testing.assert_close(w.grad.float(), gw.float(), rtol=2e-2, atol=2e-4)
-
-
-def test_lm_loss_chunked_equals_plain_on_the_model() -> None:
-    from baichuan.config import ModelConfig
-    from baichuan.model import BaichuanForCausalLM
-
-    torch.manual_seed(0)
-    model = BaichuanForCausalLM(ModelConfig.preset("tiny", vocab_size=1000))
-    x = torch.randint(0, 1000, (2, 33))
-    plain = lm_loss(model, x[:, :-1], x[:, 1:], 0)
-    gp = torch.autograd.grad(plain, list(model.parameters()))
-    chunked = lm_loss(model, x[:, :-1], x[:, 1:], 10)
-    gc = torch.autograd.grad(chunked, list(model.parameters()))
-    torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
-    # the model's own loss (labels shifted inside) on the full sequence predicts the same targets
-    own = model(x, labels=x).loss
-    assert own is not None
-    torch.testing.assert_close(plain.detach(), own.detach(), rtol=1e-5, atol=1e-5)
-    for a, b in zip(gc, gp):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ configuration

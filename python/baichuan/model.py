@@ -7,10 +7,27 @@ Interface (other modules rely on it; changes are listed here)::
 
     model = BaichuanForCausalLM(ModelConfig.preset("tiny"))
     out = model(input_ids, attention_mask=None, position_ids=None, labels=None,
-                past_key_values=None, use_cache=False, logits_to_keep=0)
-    out.logits           # (B, T, V); only the last ``logits_to_keep`` positions when that is > 0
-    out.loss             # mean cross entropy of logits[:, :-1] against labels[:, 1:], -100 ignored; or None
+                past_key_values=None, use_cache=False, logits_to_keep=0, ce_chunk=0)
+    out.logits           # (B, T, V); only the last ``logits_to_keep`` positions when that is > 0;
+                         # None when the loss was chunked (labels with ce_chunk > 0)
+    out.loss             # mean next-token cross entropy (fp32) against ``labels`` (below), or None
     out.past_key_values  # tuple over layers of (k, v), each (B, heads, past+T, head_dim); None unless use_cache
+
+Labels (the one convention, for every caller: training, tests, benchmarks)
+    ``labels`` are token ids aligned with ``input_ids`` and shifted inside the model, as in
+    transformers: position t is scored against ``labels[:, t + 1]``; ``-100`` (``IGNORE_INDEX``)
+    is left out of the mean. ``labels`` may have one column more than ``input_ids``: the token
+    that follows the last input, so that the last position is scored too. Training reads windows
+    of ``max_length + 1`` tokens ``x`` and calls ``model(x[:, :-1], labels=x, ce_chunk=N)``: every
+    input position is scored, inputs stay ``max_length`` long. With ``labels`` exactly as long as
+    ``input_ids`` the last position has no target (transformers' ``labels=input_ids``; the
+    exported ``hf_remote`` model takes only that form and gives the same loss).
+    ``ce_chunk > 0``: the LM head computes the loss chunk by chunk (``LMHead``: ``ce_chunk`` rows
+    at a time, fp32 logits of one chunk only, gradients computed in the same pass) and returns no
+    logits; under DeepSpeed ZeRO-3 it runs inside the head's own forward, where the weight is
+    gathered. ``ce_chunk == 0``: the plain path, bf16/fp32 logits for every position, upcast to
+    fp32, ``F.cross_entropy``; the logits are returned. The two agree to float rounding
+    (tests/test_loss.py, also under ZeRO-3 on 2 ranks).
 
 Parameter names are those of the published checkpoint: ``model.embed_tokens.weight``,
 ``model.layers.N.self_attn.W_pack.weight`` (rows: q, then k, then v; shape 3*hidden x hidden),
@@ -95,9 +112,13 @@ KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 H100_BF16_PEAK_FLOPS = 989.4e12
 
 
+# Label value left out of the loss (as transformers and ``F.cross_entropy``'s default).
+IGNORE_INDEX = -100
+
+
 @dataclass
 class CausalLMOutput:
-    logits: torch.Tensor
+    logits: torch.Tensor | None  # None only for the chunked loss (labels with ce_chunk > 0)
     loss: torch.Tensor | None = None
     past_key_values: KVCache | None = None
 
@@ -130,11 +151,6 @@ def expand_past_key_values(past_key_values: KVCache, batch_size: int) -> KVCache
             raise ValueError(f"can only expand a batch-1 cache, this one has batch {k.shape[0]}")
         out.append((k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)))
     return tuple(out)
-
-
-def select_past_key_values(past_key_values: KVCache, index: torch.Tensor) -> KVCache:
-    """Keep the batch rows ``index`` of a cache (e.g. to drop finished sequences)."""
-    return tuple((k.index_select(0, index), v.index_select(0, index)) for k, v in past_key_values)
 
 
 def xformers_available() -> bool:
@@ -285,13 +301,6 @@ def rope_cos_sin(
     if attention_scaling != 1.0:
         cos, sin = cos * attention_scaling, sin * attention_scaling
     return cos.to(dtype), sin.to(dtype)
-
-
-def rotary_cos_sin(
-    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of plain (unscaled) RoPE, shape (B, T, head_dim), computed in fp32 and cast to ``dtype``."""
-    return rope_cos_sin(position_ids, _default_inv_freq(theta, head_dim, position_ids.device), 1.0, dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -457,6 +466,123 @@ class BaichuanModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
+# ---------------------------------------------------------------------------------------------
+# LM head and loss
+# ---------------------------------------------------------------------------------------------
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross entropy of ``hidden @ weight.T`` against ``targets`` without all the logits.
+
+    Walks the rows in chunks of ``chunk_size``: that chunk's logits are computed in the hidden
+    states' dtype and upcast to fp32 for the log-sum-exp, and the chunk's gradients
+    (``softmax - onehot`` times the weight, and its transpose times the hidden states) are computed
+    right there, so backward only scales the stored gradients (the logits are never recomputed).
+    Peak extra memory: one chunk of fp32 logits (``chunk_size x vocab x 4`` bytes) plus an fp32
+    weight-gradient accumulator (``vocab x hidden x 4``) when the weight is not fp32, against
+    ``tokens x vocab x (2 + 4 + 4)`` bytes for bf16 logits, their fp32 copy and its gradient.
+    No host synchronisation (the count of scored rows stays a tensor)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int
+    ) -> torch.Tensor:
+        n = hidden.shape[0]
+        valid_all = targets != IGNORE_INDEX
+        denom = valid_all.sum().clamp_(min=1).to(torch.float32)  # no scored row: loss 0
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, n, chunk_size):
+            end = min(start + chunk_size, n)
+            h = hidden[start:end]
+            valid = valid_all[start:end]
+            safe_t = torch.where(valid, targets[start:end], torch.zeros_like(targets[start:end]))
+            logits = (h @ weight.t()).float()  # (c, V) fp32: one chunk only
+            lse = torch.logsumexp(logits, dim=-1)
+            target_logit = logits.gather(1, safe_t.unsqueeze(1)).squeeze(1)
+            total += ((lse - target_logit) * valid).sum()
+            if need_h or need_w:
+                # d(sum of losses)/d logits = softmax - onehot on scored rows; / denom for the mean.
+                probs = logits.sub_(lse.unsqueeze(1)).exp_()
+                probs[torch.arange(end - start, device=probs.device), safe_t] -= 1.0
+                probs.mul_((valid.to(probs.dtype) / denom).unsqueeze(1))
+                g = probs.to(hidden.dtype)
+                del probs, logits
+                if grad_h is not None:
+                    torch.matmul(g, weight, out=grad_h[start:end])
+                if grad_w is not None:
+                    grad_w += (g.t() @ h).float()
+        ctx.save_for_backward(*(x for x in (grad_h, grad_w) if x is not None))
+        ctx.weight_dtype = weight.dtype
+        return total / denom
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
+        saved = list(ctx.saved_tensors)
+        grad_h = saved.pop(0) if ctx.needs_input_grad[0] else None
+        grad_w = saved.pop(0) if ctx.needs_input_grad[1] else None
+        if grad_h is not None:
+            grad_h = grad_h * grad_out.to(grad_h.dtype)
+        if grad_w is not None:
+            grad_w = (grad_w * grad_out.float()).to(ctx.weight_dtype)
+        return grad_h, grad_w, None, None
+
+
+@torch.compiler.disable
+def _chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    # Runs eagerly under torch.compile (a Python loop over chunks; a graph break, not a trace).
+    h = hidden.reshape(-1, hidden.shape[-1])
+    return _ChunkedLinearCrossEntropy.apply(h, weight, targets.reshape(-1), chunk_size)
+
+
+class LMHead(nn.Linear):
+    """The output projection (``lm_head.weight``, vocab x hidden, no bias) and, given targets, the
+    loss in one call, so that it runs inside this module's forward: under DeepSpeed ZeRO-3 the
+    weight is gathered exactly there (and again for its backward).
+
+    ``head(hidden)`` -> logits (B, T, V) in the weight's dtype.
+    ``head(hidden, targets, ce_chunk)`` -> mean next-token cross entropy (fp32 scalar) of rows
+    whose target is not ``IGNORE_INDEX``, ``targets`` (B, T) being the token each position
+    predicts (:func:`next_token_targets`). ``ce_chunk > 0``: chunked (``_ChunkedLinearCrossEntropy``,
+    the logits never whole); ``ce_chunk == 0``: the plain path, use :meth:`loss_from_logits`
+    instead when the logits are wanted too.
+    """
+
+    def __init__(self, hidden_size: int, vocab_size: int) -> None:
+        super().__init__(hidden_size, vocab_size, bias=False)
+
+    def forward(  # type: ignore[override]
+        self, hidden: torch.Tensor, targets: torch.Tensor | None = None, ce_chunk: int = 0
+    ) -> torch.Tensor:
+        if targets is None:
+            return super().forward(hidden)
+        if ce_chunk > 0:
+            return _chunked_cross_entropy(hidden, self.weight, targets, ce_chunk)
+        return self.loss_from_logits(super().forward(hidden), targets)
+
+    @staticmethod
+    def loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The plain path: ``F.cross_entropy`` of the logits upcast to fp32 (all of them at once)."""
+        flat = logits.reshape(-1, logits.shape[-1]).float()
+        return F.cross_entropy(flat, targets.reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX)
+
+
+def next_token_targets(labels: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(B, seq_len) targets from ``labels`` in the model's one convention (module docstring,
+    Labels): ``targets[:, t] = labels[:, t + 1]``, and ``IGNORE_INDEX`` for the last position
+    when ``labels`` has no column past the input."""
+    if labels.dim() != 2 or labels.shape[1] not in (seq_len, seq_len + 1):
+        raise ValueError(
+            f"labels must be (batch, seq) or (batch, seq + 1) with seq = {seq_len}, got {tuple(labels.shape)}"
+        )
+    targets = labels[:, 1:]
+    if labels.shape[1] == seq_len:
+        targets = F.pad(targets, (0, 1), value=IGNORE_INDEX)
+    return targets
+
+
 def _zero3_partitioned(params: list[nn.Parameter]) -> bool:
     """True for ZeRO-3 parameters whose data is currently partitioned away (not gathered)."""
     if not hasattr(params[0], "ds_id"):
@@ -501,7 +627,7 @@ class BaichuanForCausalLM(nn.Module):
         config.validate()
         self.config = config
         self.model = BaichuanModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self._resolved: dict[str, str] = {}
@@ -592,10 +718,20 @@ class BaichuanForCausalLM(nn.Module):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        ce_chunk: int = 0,
     ) -> CausalLMOutput:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
+        targets = None
+        if labels is not None:
+            if logits_to_keep > 0:
+                raise ValueError("labels cannot be combined with logits_to_keep")
+            if ce_chunk < 0:
+                raise ValueError(f"ce_chunk must be >= 0, got {ce_chunk}")
+            if labels.shape[0] != B:
+                raise ValueError(f"labels have batch {labels.shape[0]}, input_ids {B}")
+            targets = next_token_targets(labels, T).to(input_ids.device)
         device = input_ids.device
         past_len = past_length(past_key_values)
         if past_key_values is not None and len(past_key_values) != self.config.num_hidden_layers:
@@ -634,22 +770,14 @@ class BaichuanForCausalLM(nn.Module):
             if use_cache:
                 presents.append(present)
         h = self.model.norm(h)
-        if logits_to_keep > 0:
-            h = h[:, -logits_to_keep:]
-        logits = self.lm_head(h)
-
-        loss = None
-        if labels is not None:
+        logits, loss = None, None
+        if targets is not None and ce_chunk > 0:
+            loss = self.lm_head(h, targets, ce_chunk)  # inside the head's forward (ZeRO-3 gathers there)
+        else:
             if logits_to_keep > 0:
-                raise ValueError("labels cannot be combined with logits_to_keep")
-            loss = causal_lm_loss(logits, labels)
+                h = h[:, -logits_to_keep:]
+            logits = self.lm_head(h)
+            if targets is not None:
+                loss = LMHead.loss_from_logits(logits, targets)
         return CausalLMOutput(logits=logits, loss=loss, past_key_values=tuple(presents) if use_cache else None)
 
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross entropy of position t's logits against labels[t + 1]; -100 is ignored (fp32)."""
-    if labels.shape != logits.shape[:2]:
-        raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)

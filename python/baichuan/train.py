@@ -366,7 +366,6 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             }
             _write_atomic(run_json, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
-    from baichuan.losses import lm_loss
     from baichuan.model import BaichuanForCausalLM, flops_per_token
 
     torch.manual_seed(cfg.seed)
@@ -470,8 +469,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             x = torch.from_numpy(batch)
             x = x.pin_memory().to(device, non_blocking=True) if cuda else x
             micro += 1
-            chunk = cfg.chunked_ce if zero_stage != 3 else 0
-            loss = lm_loss(engine, x[:, :-1], x[:, 1:], chunk)
+            loss = engine(x[:, :-1], labels=x, ce_chunk=cfg.chunked_ce).loss  # model.py docstring, Labels
             if micro in cfg.inject_nonfinite:
                 loss = loss * float("nan")
             ok = torch.isfinite(loss.detach()).to(torch.float32)
