@@ -205,6 +205,8 @@ def load_hf_state_dict(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor
             try:
                 index = json.loads(index_path.read_text(encoding="utf-8"))
                 weight_map = index["weight_map"]
+            except UnicodeDecodeError:
+                raise CheckpointError(f"{index_path}: not a weight index (not UTF-8 JSON text)") from None
             except (ValueError, KeyError, TypeError) as e:
                 raise CheckpointError(f"{index_path}: not a weight index ({str(e)[:200]})") from None
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
