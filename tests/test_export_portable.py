@@ -137,6 +137,12 @@ def _run_hidden(folder: Path, texts: list[str], hidden: str, tmp_path: Path) -> 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def ref_one(spm_path: Path, text: str) -> list[int]:
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=str(spm_path)).encode(text)
+
+
 def _rust_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
@@ -244,6 +250,7 @@ def test_hf_batch_call_equals_sentencepiece_on_eval_sample(exported, eval_sample
     assert rust("你好", "世界")["input_ids"] == rust("你好")["input_ids"] + rust("世界")["input_ids"]
     # added tokens inside a text are split out as transformers does (not left to the backend)
     assert rust(["a</s>b"])["input_ids"][0] == rust("a")["input_ids"] + [2] + rust("b")["input_ids"]
+    assert rust(["a</s>b"], split_special_tokens=True)["input_ids"] == [ref_one(spm_path, "a</s>b")]
     bos = AutoTokenizer.from_pretrained(out, trust_remote_code=True, add_bos_token=True)
     assert bos(eval_sample[:50])["input_ids"] == [[1] + r for r in ref[:50]]
     assert bos(eval_sample[:50], add_special_tokens=False)["input_ids"] == ref[:50]

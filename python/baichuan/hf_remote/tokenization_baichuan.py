@@ -230,7 +230,8 @@ class BaiChuanTokenizer(PreTrainedTokenizer):
         truncation = kwargs.get("truncation_strategy", TruncationStrategy.DO_NOT_TRUNCATE)
         if TruncationStrategy(truncation) != TruncationStrategy.DO_NOT_TRUNCATE:
             return None
-        ids = [t if isinstance(t, list) else self._generic_ids(t) for t in self._pre_encode(texts, kwargs)]
+        split = kwargs.get("split_special_tokens", getattr(self, "split_special_tokens", False))
+        ids = [t if isinstance(t, list) else self._generic_ids(t, split) for t in self._pre_encode(texts, kwargs)]
         if kwargs.get("add_special_tokens", True) and (self.add_bos_token or self.add_eos_token):
             ids = [self.build_inputs_with_special_tokens(x) for x in ids]
         if ids:
@@ -252,9 +253,9 @@ class BaiChuanTokenizer(PreTrainedTokenizer):
         )
         return BatchEncoding(dict(encoded), tensor_type=kwargs.get("return_tensors"))
 
-    def _generic_ids(self, text):
+    def _generic_ids(self, text, split_special_tokens):
         """Ids of a text holding added tokens (or an empty one): transformers' own splitting."""
-        return self.convert_tokens_to_ids(self.tokenize(text))
+        return self.convert_tokens_to_ids(self.tokenize(text, split_special_tokens=split_special_tokens))
 
     def _tokenize(self, text, **kwargs):
         return self._backend.encode_as_pieces(text)
