@@ -179,3 +179,30 @@ def test_signal_to_the_launching_process_ends_its_whole_process_group(tmp_path: 
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_sigterm_to_a_one_process_run_is_one_line_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    data = synthetic_shards(tmp_path / "data")
+    out = tmp_path / "run"
+    args = train_args(data, out, 2000)
+    i = args.index("--num-procs")
+    del args[i:i + 2]  # one process: no launcher
+    log_path = tmp_path / "log"
+    p = subprocess.Popen(args, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "latest").is_file():
+            assert p.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 143
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    text = log_path.read_text()
+    tag = (out / "checkpoints" / "latest").read_text().strip()
+    assert "Traceback" not in text
+    assert text.splitlines()[-1] == (
+        f"baichuan train: stopped by SIGTERM; the last complete checkpoint is {out / 'checkpoints' / tag}; "
+        f"continue with --resume (--output-dir {out})"
+    )

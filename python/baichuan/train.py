@@ -52,6 +52,20 @@ class TrainingError(BaichuanError, RuntimeError):
     """The run cannot continue (bad input, diverged loss, inconsistent checkpoint)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to a one-process `baichuan train` (see :func:`stop_on_sigterm`): stops it like Ctrl-C."""
+
+
+def stop_on_sigterm() -> None:
+    """In a one-process run, SIGTERM stops the loop as Ctrl-C does: one line, exit status 143."""
+    import signal
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 @dataclass(frozen=True)
 class DistEnv:
     rank: int
@@ -761,10 +775,11 @@ def run_and_report(cfg: TrainConfig) -> int:
     except (DataError, TrainingError, FileNotFoundError, ValueError) as e:
         print(f"baichuan train: error: {e}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: one line (rank 0), no traceback from any rank
+    except KeyboardInterrupt as e:  # Ctrl-C (or SIGTERM, one process): one line (rank 0), no traceback
+        what = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
         if DistEnv.from_env().rank == 0:
-            print(f"baichuan train: interrupted; {_interrupted_line(cfg)}", file=sys.stderr, flush=True)
-        return 130
+            print(f"baichuan train: {what}; {_interrupted_line(cfg)}", file=sys.stderr, flush=True)
+        return 143 if isinstance(e, Terminated) else 130
     finally:
         try:
             import torch.distributed as dist

@@ -161,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"baichuan train: error: {e}", file=sys.stderr)
         return 2
     # One process (or a rank started by an outside launcher, which baichuan.train checks itself).
-    from baichuan.train import run_and_report
+    from baichuan.train import run_and_report, stop_on_sigterm
 
+    if not launched:
+        stop_on_sigterm()
     return run_and_report(cfg)
