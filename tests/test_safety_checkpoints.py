@@ -344,16 +344,38 @@ def test_transformers_backend_poisoned_bin_refused(
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_safetensors_index_naming_a_pickle_refused(
+    tiny_native: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """A shard listed in model.safetensors.index.json replaced by a pickle is never unpickled."""
+    from baichuan.hf import export_hf
+
+    marker = tmp_path / "PWNED"
+    folder = export_hf(tiny_native, tmp_path / "hf", max_shard_size="4MB")
+    shard = sorted(folder.glob("model-*.safetensors"))[-1]
+    write_poison(shard, marker, fmt)
+    rc, _, err = cli(COMMANDS["generate"](folder), capsys)
+    assert_one_line_error(rc, err, "generate", shard.name, "not a readable safetensors file")
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------------ truncated safetensors
-@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("command", [*sorted(COMMANDS), "train --init-from"])
 def test_truncated_safetensors_one_line(
-    tiny_native: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+    tiny_native: Path, text_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
     folder = tmp_path / "model"
     shutil.copytree(tiny_native, folder)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    rc, _, err = cli(COMMANDS[command](folder), capsys)
+    if command == "train --init-from":
+        cmd = train_cmd(text_dir, tmp_path / "run", "--init-from", str(folder))
+        cmd[cmd.index("--model"):cmd.index("--model") + 2] = []
+        rc, err = train_in_process(cmd, capsys)
+        command = "train"
+    else:
+        rc, _, err = cli(COMMANDS[command](folder), capsys)
     assert_one_line_error(rc, err, command, "model.safetensors", "not a readable safetensors file")
 
 
