@@ -60,12 +60,14 @@ class Poison:
 
 
 def write_poison(path: Path, marker: Path, fmt: str, payload: dict | None = None) -> None:
-    obj = {"x": Poison(marker), **(payload or {})}
+    """``payload`` (the file's real content) goes into the torch.save form only: an unsafe
+    torch.load of a raw pickle runs the payload and then stops at torch's magic number anyway
+    (and pickling tensors the raw way takes seconds)."""
     path.unlink(missing_ok=True)
     if fmt == "raw":
-        path.write_bytes(pickle.dumps(obj, protocol=2))
+        path.write_bytes(pickle.dumps({"x": Poison(marker), "ds_version": "0.19.8"}, protocol=2))
     else:
-        torch.save(obj, path)
+        torch.save({"x": Poison(marker), **(payload or {})}, path)
 
 
 def model_states_payload(ckpt_step: Path) -> dict:
@@ -96,11 +98,12 @@ def poison_position(step: Path, position: str, marker: Path, fmt: str) -> str:
 def test_the_poison_is_live(tmp_path: Path) -> None:
     """Control: the payload really runs when something unpickles it (so its absence means safety)."""
     for fmt in FORMATS:
-        marker = tmp_path / f"marker-{fmt}"
-        write_poison(tmp_path / f"p-{fmt}.pt", marker, fmt)
-        code = f"import torch; torch.load({str(tmp_path / f'p-{fmt}.pt')!r}, weights_only=False)"
-        subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, timeout=120)
-        assert marker.is_dir(), fmt
+        write_poison(tmp_path / f"p-{fmt}.pt", tmp_path / f"marker-{fmt}", fmt)
+    code = "import sys, torch\nfor f in sys.argv[1:]:\n    try: torch.load(f, weights_only=False)\n    except Exception: pass"
+    files = [str(tmp_path / f"p-{fmt}.pt") for fmt in FORMATS]
+    subprocess.run([sys.executable, "-c", code, *files], check=False, capture_output=True, timeout=120)
+    for fmt in FORMATS:
+        assert (tmp_path / f"marker-{fmt}").is_dir(), fmt
 
 
 # ------------------------------------------------------------------------------- fixtures
