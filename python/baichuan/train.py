@@ -182,8 +182,11 @@ def _tokenizer_vocab(cfg: TrainConfig) -> tuple[int | None, str | None]:
 
         tok = Tokenizer.from_file(tp)
         return tok.vocab_size, file_sha256(tp)
-    if is_shard_dir(cfg.data):
-        m = ShardManifest.load(cfg.data)
+    from baichuan.mixture import first_path
+
+    first = first_path(cfg.data)  # a mixture's sources share one tokenizer (checked when opened)
+    if is_shard_dir(first):
+        m = ShardManifest.load(first)
         return m.vocab_size, m.tokenizer_sha256
     return None, None
 
@@ -212,11 +215,15 @@ def preflight(cfg: TrainConfig) -> None:
     flags, DeepSpeed JSON, data, tokenizer, model config and the run directory (no torch import)."""
     from baichuan import data as data_mod
 
+    from baichuan import mixture
+
     cfg.validate()
     ds = build_deepspeed_config(cfg, cpu=True)  # reads --deepspeed-config
-    data_path = Path(cfg.data)
-    if not data_path.exists():
-        raise data_mod.DataError(f"training data not found: {data_path}")
+    specs = mixture.parse_sources(cfg.data, "--data")
+    data_path = Path(specs[0].path)
+    for spec in specs:
+        if not Path(spec.path).exists():
+            raise data_mod.DataError(f"training data not found: {spec.path}" + (f" (--data {spec.given})" if len(specs) > 1 else ""))
     if cfg.init_from and not Path(cfg.init_from).exists():
         raise TrainingError(f"--init-from {cfg.init_from}: not found")
     _plan_run_dir(cfg)
@@ -224,7 +231,12 @@ def preflight(cfg: TrainConfig) -> None:
     if cfg.resume and latest_tag(checkpoint_dir(cfg)) is not None:
         return  # the checkpoint's recorded model and tokenizer win; the ranks check them
     vocab = _model_config(cfg, vocab_hint, None).vocab_size
-    if data_mod.is_shard_dir(data_path) or (data_path.is_dir() and any(data_path.glob("shard-*.bin"))):
+    micro = int(ds.get("train_micro_batch_size_per_gpu", 1))
+    tok_from = f"--tokenizer {cfg.tokenizer}"
+    if len(specs) > 1:
+        mixture.load_sources(specs, cfg.max_length + 1, "--data", vocab_size=vocab,
+                             expected_sha256=data_sha if cfg.tokenizer else None, expected_from=tok_from)
+    elif data_mod.is_shard_dir(data_path) or (data_path.is_dir() and any(data_path.glob("shard-*.bin"))):
         manifest = data_mod.ShardManifest.load(data_path)
         if cfg.tokenizer:
             data_mod.check_tokenizer(manifest, data_sha, f"--tokenizer {cfg.tokenizer}")
@@ -232,7 +244,6 @@ def preflight(cfg: TrainConfig) -> None:
             raise data_mod.DataError(
                 f"{data_path}: the shards' tokenizer has {manifest.vocab_size} tokens, more than the model's vocab_size {vocab}"
             )
-        micro = int(ds.get("train_micro_batch_size_per_gpu", 1))
         data_mod.ShardSource(manifest, cfg.max_length + 1, micro, 0, 1, cfg.seed, None).close()
     else:
         data_mod.list_text_files(data_path)
@@ -244,6 +255,10 @@ def preflight(cfg: TrainConfig) -> None:
             raise data_mod.DataError(
                 f"{cfg.tokenizer}: the tokenizer has {vocab_hint} tokens, more than the model's vocab_size {vocab}"
             )
+    if cfg.eval_data is not None:
+        mixture.open_eval(cfg.eval_data, seq_len=cfg.max_length + 1, eval_tokens=cfg.eval_tokens, vocab_size=vocab,
+                          expected_tokenizer_sha256=data_sha,
+                          expected_from=tok_from if cfg.tokenizer else f"the training data, {specs[0].path}").close()
 
 
 def run_training(cfg: TrainConfig) -> TrainResult:
@@ -271,10 +286,11 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     import torch
 
     from baichuan import data as data_mod
+    from baichuan import mixture
 
-    data_path = Path(cfg.data)
-    if not data_path.exists():
-        raise data_mod.DataError(f"training data not found: {data_path}")
+    for spec in mixture.parse_sources(cfg.data, "--data"):
+        if not Path(spec.path).exists():
+            raise data_mod.DataError(f"training data not found: {spec.path}")
     run_dir = Path(cfg.output_dir)
     ckpt_dir = checkpoint_dir(cfg)
     # Every rank checks the run directory before any rank writes (rank 0 applies it after the
@@ -332,7 +348,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         if not state_file.is_file():
             raise TrainingError(f"cannot resume from {ckpt_dir / tag}: {state_file.name} is missing (incomplete checkpoint?)")
         rank_state = json.loads(state_file.read_text(encoding="utf-8"))
-    source = data_mod.open_source(
+    source = mixture.open_training_data(
         cfg.data,
         seq_len=cfg.max_length + 1,
         micro_batch=micro_batch,
@@ -349,6 +365,17 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     tokenizer_sha = expected_sha or data_sha
     if isinstance(source, data_mod.ShardSource):
         tokenizer_sha = source.manifest.tokenizer_sha256
+    elif isinstance(source, mixture.MixtureSource):
+        tokenizer_sha = source.readers[0].manifest.tokenizer_sha256
+    eval_set = None
+    if cfg.eval_data is not None:
+        eval_set = mixture.open_eval(
+            cfg.eval_data, seq_len=cfg.max_length + 1, eval_tokens=cfg.eval_tokens, vocab_size=mcfg.vocab_size,
+            expected_tokenizer_sha256=tokenizer_sha, expected_from=expected_from or "the training data",
+        )
+        if env.rank == 0:
+            for line in mixture.eval_overlap_warnings(cfg.data, cfg.eval_data):
+                print(line, file=sys.stderr, flush=True)
 
     init_state = _init_state(cfg.init_from, mcfg, zero_stage) if cfg.init_from and tag is None else None
 
@@ -427,6 +454,10 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         )
         if not cfg.save_every:
             log.info("save_every is 0: no checkpoint will be written")
+        if eval_set is not None:
+            log.info(f"validation every {cfg.eval_every} steps: {eval_set.describe()}")
+            for name, wanted, have in eval_set.short:
+                log.info(f"--eval-data {name}: only {have} sequences (of {wanted} wanted); all of them are evaluated")
 
     result = TrainResult(steps=start_step, nonfinite_skipped=nonfinite_total)
     last_saved = start_step if tag is not None else -1
@@ -472,6 +503,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     fingerprint = 0
     t_last = time.perf_counter()
     vocab = mcfg.vocab_size
+    data_name = mixture.first_path(cfg.data)
+    last_epochs: dict[str, int] = source.epochs_by_source() if isinstance(source, mixture.MixtureSource) else {}
     engine.train()
     try:
         while step < cfg.steps:
@@ -537,6 +570,21 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
                 "rank_losses": rank_losses,
                 "rank_data_crc32": [int(g[1]) for g in gathered],
             }
+            if isinstance(source, mixture.MixtureSource):
+                record_line["tokens_by_source"] = source.tokens_by_source()
+                epochs = source.epochs_by_source()
+                record_line["epochs_by_source"] = epochs
+                for name, e in epochs.items():
+                    if e > last_epochs.get(name, e):
+                        log.info(f"data: {name} exhausted; starting its epoch {e + 1} in a new order (epoch {e} done)")
+                last_epochs = epochs
+            else:
+                record_line["tokens_by_source"] = {data_name: tokens_seen}
+            if eval_set is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                from baichuan.validation import evaluate
+
+                record_line.update(evaluate(engine, eval_set, rank=env.rank, world_size=env.world_size,
+                                            micro_batch=micro_batch, device=device, ce_chunk=cfg.chunked_ce))
             result.losses[step] = mean_loss
             result.steps = step
             result.nonfinite_skipped = nonfinite_total
@@ -549,6 +597,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             save(step)
     finally:
         source.close()
+        if eval_set is not None:
+            eval_set.close()
         log.close()
     if is_main and cfg.plot:
         png = plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
@@ -692,6 +742,12 @@ class _Logger:
                 v = r[key]
                 if isinstance(v, float) and math.isfinite(v):
                     self.writer.add_scalar(f"train/{key}", v, s)
+            for name, n in r.get("tokens_by_source", {}).items():
+                self.writer.add_scalar(f"data/tokens/{name}", n, s)
+            for key, v in r.items():  # val_loss, val_loss/<source>
+                if key.startswith("val_loss") and math.isfinite(v):
+                    self.writer.add_scalar(key.replace("val_loss", "val/loss", 1), v, s)
+                    self.writer.add_scalar(key.replace("val_loss", "val/ppl", 1), _ppl(v), s)
         if self.bar is not None:
             self.bar.update(s - self.bar.n)
             self.bar.set_postfix(
@@ -703,6 +759,12 @@ class _Logger:
                 f"step {s}/{self.cfg.steps} loss {r['loss']:.4f} lr {r['lr']:.3e} grad_norm {r['grad_norm']:.3f} "
                 f"tokens/s {r['tokens_per_s']:.0f} TFLOPS {r['tflops_per_device']:.2f} MFU {r['mfu']:.2%}"
             )
+        if "val_loss" in r:
+            per_source = [(k.split("/", 1)[1], v) for k, v in r.items() if k.startswith("val_loss/")]
+            self.info(
+                f"step {s}/{self.cfg.steps} validation loss {r['val_loss']:.4f} ppl {_ppl(r['val_loss']):.2f}"
+                + ("".join(f"; {name}: loss {v:.4f} ppl {_ppl(v):.2f}" for name, v in per_source))
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -713,9 +775,15 @@ class _Logger:
             self.metrics.close()
 
 
+def _ppl(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else float("inf")
+
+
 def plot_loss_curve(metrics: Path, out: Path) -> Path | None:
-    """Loss against step from ``metrics.jsonl`` as a PNG (None when there is nothing to plot)."""
+    """Training loss against step from ``metrics.jsonl``, with the validation curves (``val_loss``,
+    ``val_loss/<source>``) in the same PNG (None when there is nothing to plot)."""
     steps, losses = [], []
+    val: dict[str, tuple[list[int], list[float]]] = {}
     if not metrics.is_file():
         return None
     for line in metrics.read_text(encoding="utf-8").splitlines():
@@ -726,6 +794,11 @@ def plot_loss_curve(metrics: Path, out: Path) -> Path | None:
         if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"]):
             steps.append(r["step"])
             losses.append(r["loss"])
+        for key, v in r.items():
+            if key.startswith("val_loss") and isinstance(v, (int, float)) and math.isfinite(v):
+                xs, ys = val.setdefault(key, ([], []))
+                xs.append(r["step"])
+                ys.append(v)
     if not steps:
         return None
     import matplotlib
@@ -734,10 +807,16 @@ def plot_loss_curve(metrics: Path, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(steps, losses, lw=1.2)
+    ax.plot(steps, losses, lw=1.2, label="train")
+    for key, (xs, ys) in sorted(val.items()):
+        label = "validation" if key == "val_loss" else f"validation {key.split('/', 1)[1]}"
+        ax.plot(xs, ys, marker="o", ms=3, lw=1.6 if key == "val_loss" else 0.9,
+                ls="-" if key == "val_loss" else "--", label=label)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"{metrics.parent.name}: training loss")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{metrics.parent.name}: training" + (" and validation" if val else "") + " loss")
+    if val:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out)

@@ -59,7 +59,9 @@ DEFAULT_DEEPSPEED: dict[str, Any] = {
 class TrainConfig:
     """A training run. Paths are checked when the run starts (``baichuan.train``)."""
 
-    data: str = ""
+    # A shard directory or a text directory, or a weighted mixture of shard directories:
+    # ["0.7:zh/", "0.3:en/"] (baichuan.mixture; the same strings as `--data 0.7:zh/ 0.3:en/`).
+    data: str | list[str] = ""
     output_dir: str = "runs/baichuan"
     # Model: a preset name ("7b", "small", "tiny") or a config.json path; overrides are ModelConfig fields.
     model: str = "7b"
@@ -105,6 +107,10 @@ class TrainConfig:
     dist_backend: str | None = None  # default: nccl on CUDA, gloo on CPU
     peak_tflops: float = 989.0  # per device, dense bf16 (H100/H200 SXM datasheet)
     encode_threads: int | None = None
+    # Held-out validation (baichuan.validation): shards or a mixture, as `data`; None = none.
+    eval_data: str | list[str] | None = None
+    eval_every: int = 1000  # optimizer steps between evaluations (and at the last step)
+    eval_tokens: int = 1 << 20  # target tokens evaluated each time (the first ones of each source)
     # Testing aid: steps (1-based micro-batch counter) whose loss is replaced by NaN, to exercise the guard.
     inject_nonfinite: list[int] = field(default_factory=list)
 
@@ -116,7 +122,7 @@ class TrainConfig:
             raise ValueError("no output directory given (--output-dir)")
         if self.save_every < 0:
             raise ValueError(f"--save-every must be >= 0 (0 = no checkpoints), got {self.save_every}")
-        for name in ("max_length", "steps", "keep_last", "log_every", "max_nonfinite_in_row"):
+        for name in ("max_length", "steps", "keep_last", "log_every", "max_nonfinite_in_row", "eval_every", "eval_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{_flag(name)} must be positive, got {getattr(self, name)}")
         if self.seed < 0:
@@ -126,6 +132,11 @@ class TrainConfig:
 
             parse_rope_scaling(self.rope_scaling)
         if self.chunked_ce < 0:
+        from baichuan.mixture import parse_sources
+
+        parse_sources(self.data, "--data")
+        if self.eval_data is not None:
+            parse_sources(self.eval_data, "--eval-data")
             raise ValueError(f"--chunked-ce must be >= 0, got {self.chunked_ce}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -145,7 +156,11 @@ class TrainConfig:
 
     def inputs(self) -> list[str]:
         """The files and folders the run reads (``--overwrite`` never deletes one of them)."""
-        paths = [self.data, self.tokenizer, self.init_from, self.deepspeed_config]
+        from baichuan.mixture import source_paths
+
+        paths = [*source_paths(self.data), self.tokenizer, self.init_from, self.deepspeed_config]
+        if self.eval_data is not None:
+            paths += source_paths(self.eval_data)
         if self.model.endswith(".json") or os.sep in self.model:
             paths.append(self.model)
         return [p for p in paths if p]

@@ -18,6 +18,8 @@ import re
 import sys
 from typing import Any
 
+from baichuan.units import size_arg
+
 HELP = "Pre-train a Baichuan model with DeepSpeed (shards or a text directory; exact resume)."
 
 
@@ -40,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p._negative_number_matcher = _NEGATIVE_NUMBER  # type: ignore[attr-defined]
     g = p.add_argument_group("run")
     g.add_argument("--config", help="TrainConfig JSON (e.g. a run's train_config.json); flags below override it")
-    g.add_argument("--data", help="`baichuan tokenize` output directory, or a directory of UTF-8 text files (one document per line)")
+    g.add_argument("--data", nargs="+", metavar="[WEIGHT:]PATH",
+                   help="`baichuan tokenize` output directory, or a directory of UTF-8 text files (one document per "
+                        "line); or a weighted mixture of shard directories: 0.7:zh_shards/ 0.3:en_shards/")
     g.add_argument("--output-dir", help="run directory: checkpoints, metrics.jsonl, tensorboard/, loss.png")
     g.add_argument("--model", help="model preset (7b, small, tiny) or a config.json path [7b]")
     g.add_argument("--model-override", action="append", type=_override, default=None, metavar="KEY=VALUE",
@@ -77,6 +81,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model (engine.compile()); first steps are slow while it compiles")
     o.add_argument("--chunked-ce", type=int, help="rows per cross-entropy chunk, 0 = plain fp32 logits [1024]")
+    v = p.add_argument_group("validation")
+    v.add_argument("--eval-data", nargs="+", metavar="[WEIGHT:]PATH",
+                   help="held-out shards (or a weighted mixture, as --data): validation loss and perplexity")
+    v.add_argument("--eval-every", type=int, help="evaluate every N optimizer steps and at the end [1000]")
+    v.add_argument("--eval-tokens", type=size_arg, help="target tokens evaluated each time, e.g. 1M [1Mi]")
     c = p.add_argument_group("checkpoints and logging")
     c.add_argument("--save-every", type=int, help="checkpoint every N steps (and at the end); 0 = never (throughput runs) [1000]")
     c.add_argument("--keep-last", type=int, help="keep the newest K checkpoints [3]")
@@ -95,7 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 _FIELDS = {
-    "data": "data", "output_dir": "output_dir", "model": "model", "init_from": "init_from",
+    "output_dir": "output_dir", "model": "model", "init_from": "init_from",
     "tokenizer": "tokenizer", "max_length": "max_length", "steps": "steps", "seed": "seed",
     "resume": "resume", "deepspeed_config": "deepspeed_config", "micro_batch_size": "micro_batch_size",
     "gradient_accumulation_steps": "gradient_accumulation_steps", "lr": "lr", "min_lr_ratio": "min_lr_ratio",
@@ -104,7 +113,7 @@ _FIELDS = {
     "attn_backend": "attn_backend", "chunked_ce": "chunked_ce", "save_every": "save_every",
     "keep_last": "keep_last", "log_every": "log_every", "max_nonfinite_in_row": "max_nonfinite_in_row",
     "peak_tflops": "peak_tflops", "encode_threads": "encode_threads", "compile": "compile",
-    "rope_scaling": "rope_scaling",
+    "rope_scaling": "rope_scaling", "eval_every": "eval_every", "eval_tokens": "eval_tokens",
     "overwrite": "overwrite",
 }
 
@@ -127,6 +136,10 @@ def config_from_args(args: argparse.Namespace):
         cfg.progress = False
     return cfg
 
+    for name in ("data", "eval_data"):  # one entry stays a plain path (today's meaning)
+        v = getattr(args, name, None)
+        if v is not None:
+            setattr(cfg, name, v[0] if len(v) == 1 else list(v))
 
 def run(args: argparse.Namespace) -> int:
     """Everything that can be checked is checked here, in this process, before DeepSpeed starts:
