@@ -4,7 +4,7 @@ Pure numpy (no torch), so everything here is tested without DeepSpeed (``tests/t
 
 Sources
     ``--data 0.7:zh_shards/ 0.2:en_shards/ 0.1:code_shards/``: each entry is ``WEIGHT:PATH``
-    (weights are positive numbers, need not sum to 1; ``1/3`` works too). One entry, with or
+    (weights are positive decimal numbers such as ``0.7``, ``3`` or ``1e-2``, need not sum to 1). One entry, with or
     without a weight, keeps today's meaning (``baichuan.data.open_source``: shards or a text
     directory). A mixture has two or more entries, every one weighted, each a ``baichuan tokenize``
     shard directory, no directory twice. A path whose first component holds a colon is written
@@ -270,6 +270,13 @@ def load_sources(
 
 
 # ------------------------------------------------------------------------------------ source
+def _fraction(text: Any) -> Fraction | None:
+    try:
+        return Fraction(str(text))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
 class MixtureSource:
     """A weighted mixture of shard directories (``baichuan.data.BatchSource``); module docstring."""
 
@@ -369,7 +376,8 @@ class MixtureSource:
             "world_size": self.world_size,
             "micro_batch": self.micro_batch,
             "sources": [
-                {"path": s.path, "weight": str(s.weight), "n_windows": int(n), "tokenizer_sha256": r.manifest.tokenizer_sha256}
+                {"path": s.path, "weight": s.given.split(":", 1)[0], "n_windows": int(n),
+                 "tokenizer_sha256": r.manifest.tokenizer_sha256}
                 for s, n, r in zip(self.specs, self.n_windows, self.readers)
             ],
         }
@@ -382,7 +390,7 @@ class MixtureSource:
                 f"mixture {mine}; a data position does not carry over between the two"
             )
         theirs = [(x.get("path"), x.get("weight")) for x in state.get("sources", [])]
-        if theirs != [(s.path, str(s.weight)) for s in self.specs]:
+        if [(p, _fraction(w)) for p, w in theirs] != [(s.path, s.weight) for s in self.specs]:
             given = " ".join(f"{w}:{p}" for p, w in theirs)
             raise DataError(
                 f"cannot resume: the checkpoint's mixture is {given}, this run's is {mine}; a mixture position is "

@@ -34,8 +34,9 @@ def _override(text: str) -> tuple[str, Any]:
 
 
 # Numbers such as -1e-3 are values, not options (argparse's own pattern misses exponents), so that
-# `--lr -1e-3` reaches validation and is refused there with the flag named.
-_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
+# `--lr -1e-3` reaches validation and is refused there with the flag named; so is a negative
+# mixture weight (`--data -1:shards/`).
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(:.*)?$|^-(inf|nan)(:.*)?$", re.IGNORECASE | re.DOTALL)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
