@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, str] = {
     "encode": "encode",
     "tokenize": "tokenize",
+    "merge-shards": "merge_shards",
     "train-tokenizer": "train_tokenizer",
     "train": "train",
     "generate": "generate",

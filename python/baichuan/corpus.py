@@ -50,6 +50,8 @@ class TokenizeConfig:
     max_doc_bytes: int = 256 << 20
     chunk_bytes: int = 1 << 20
     megatron_prefix: str = "corpus_text_document"
+    partition: str | None = None  # "I/N": the I-th of N byte-balanced shares of the inputs
+    holdout_per_million: int = 0  # documents per million held out into OUT/holdout/
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -142,6 +144,21 @@ class ProgressLine:
             self.stream.flush()
 
 
+class MergeProgressLine(ProgressLine):
+    """The progress line of ``baichuan merge-shards`` (bytes of shards copied)."""
+
+    def render(self, p: dict[str, int], now: float) -> str:
+        elapsed = max(now - self.t0, 1e-9)
+        todo = max(p["raw_bytes_total"], 1)
+        done = p["raw_bytes_read"]
+        rate = done / elapsed
+        eta = (todo - done) / rate if rate > 0 else None
+        return (
+            f"merge-shards {min(done / todo, 1.0) * 100:5.1f}% | shards {p['files_done']}/{p['files_total']} | "
+            f"{_fmt_count(p['tokens'])} tokens, {_fmt_bytes(rate)}/s | ETA {_fmt_eta(eta)}"
+        )
+
+
 WARNING_PREFIX = "baichuan tokenize: warning: "
 
 
@@ -158,8 +175,25 @@ def run_tokenize(
     ``warn`` as they come, one line each naming the file; by default they are printed to
     ``stream`` as ``baichuan tokenize: warning: ...`` (also with ``progress=False``)."""
     job = _tokenizer.CorpusJob(config.to_json())
-    bar = ProgressLine(stream) if progress else None
+    return _run_job(job, ProgressLine(stream) if progress else None, stream, warn)
 
+
+def run_merge(
+    partitions: list[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    overwrite: bool = False,
+    progress: bool = True,
+    stream: TextIO = sys.stderr,
+) -> dict[str, Any]:
+    """Merges the outputs of ``baichuan tokenize --partition I/N`` (all N, any order) into
+    ``output``, byte-identical to a single run of the whole job (``docs/formats.md``); returns the
+    merged manifest. Every partition is checked before anything is written."""
+    config = {"inputs": [os.fspath(p) for p in partitions], "output": os.fspath(output), "overwrite": overwrite}
+    job = _tokenizer.CorpusJob.merge(json.dumps(config))
+    return _run_job(job, MergeProgressLine(stream) if progress else None, stream, None)
+
+
+def _run_job(job: Any, bar: ProgressLine | None, stream: TextIO, warn: Callable[[str], None] | None) -> dict[str, Any]:
     def flush_warnings() -> None:
         for w in job.take_warnings():
             if warn is not None:
@@ -276,6 +310,9 @@ def summary_table(manifest: dict[str, Any], max_files: int = 20) -> str:
     line = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
     sep = "  ".join("-" * w for w in widths)
     out = [line(head), sep, *(line(r) for r in rows[:-1]), sep, line(rows[-1])]
+    if c.get("holdout_documents"):
+        out.append(f"held out: {c['holdout_documents']} documents, {c['holdout_tokens']} tokens "
+                   f"(in {manifest['holdout']['path']}/, not in the totals above)")
     if manifest["format"] == "baichuan-shards":
         out.append(f"{len(manifest['shards'])} shard(s), dtype {manifest['dtype']}")
     else:

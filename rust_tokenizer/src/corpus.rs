@@ -31,6 +31,8 @@ use crate::megatron::{self, MegatronCheckpoint, MegatronEntry, MegatronWriter};
 use crate::shards::{self, io_err, write_json_atomic, DType, ShardEntry, ShardWriter};
 use crate::tokenizer::Tokenizer;
 
+pub mod merge;
+
 pub const MANIFEST: &str = "manifest.json";
 pub const PROGRESS: &str = "progress.json";
 /// Held (flock) while a job writes the directory; removed at the end.
@@ -129,6 +131,13 @@ pub struct CorpusConfig {
     /// the machine is. Not part of the fingerprint.
     #[serde(default)]
     pub debug_kill_after_checkpoints: u64,
+    /// `"I/N"`: read only the I-th of N contiguous shares of the input files, balanced by bytes
+    /// (see [`partition_range`]); `baichuan merge-shards` joins the N outputs.
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// Documents per million held out (by [`is_held_out`]) into `OUT/holdout/`; 0: none.
+    #[serde(default)]
+    pub holdout_per_million: u32,
 }
 
 impl CorpusConfig {
@@ -138,7 +147,7 @@ impl CorpusConfig {
 
     /// The options that determine the output bytes (not workers, resume, overwrite, chunking).
     fn output_options(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "tokenizer": self.tokenizer.to_string_lossy(),
             "inputs": self.inputs,
             "min_tokens": self.min_tokens,
@@ -153,7 +162,22 @@ impl CorpusConfig {
             "skip_bad_files": self.skip_bad_files,
             "max_doc_bytes": self.max_doc_bytes,
             "megatron_prefix": self.megatron_prefix,
-        })
+        });
+        // Only when used, so that a plain job's options (and output bytes) stay as they were.
+        if let Some(o) = v.as_object_mut() {
+            if let Some(p) = &self.partition {
+                o.insert("partition".into(), serde_json::Value::String(p.clone()));
+            }
+            if self.holdout_per_million > 0 {
+                o.insert("holdout_per_million".into(), self.holdout_per_million.into());
+            }
+        }
+        v
+    }
+
+    /// The parsed `--partition`, if any.
+    pub fn partition_spec(&self) -> Result<Option<(usize, usize)>> {
+        self.partition.as_deref().map(parse_partition).transpose()
     }
 
     fn validate(&self) -> Result<()> {
@@ -173,7 +197,88 @@ impl CorpusConfig {
         if p.is_empty() || p.contains('/') || p.contains('\\') || p.starts_with('.') {
             return Err(Error::Config(format!("invalid megatron prefix {p:?}")));
         }
+        if self.partition_spec()?.is_some() && self.format == OutputFormat::Megatron {
+            return Err(Error::Config("--partition works with the shard format only (merge-shards cannot join Megatron pairs)".into()));
+        }
+        if self.holdout_per_million > HOLDOUT_SCALE {
+            return Err(Error::Config(format!("--holdout must be at most 1 ({} per million given)", self.holdout_per_million)));
+        }
         Ok(())
+    }
+}
+
+/// `--holdout` is kept in units of one document per million.
+pub const HOLDOUT_SCALE: u32 = 1_000_000;
+/// The sub-directory of the output holding the held-out documents (a shard directory of its own).
+pub const HOLDOUT_DIR: &str = "holdout";
+
+/// Parses a partition spec `I/N` (0 <= I < N); the error names it.
+pub fn parse_partition(spec: &str) -> Result<(usize, usize)> {
+    let bad = |why: &str| Error::Config(format!("--partition {spec}: {why}"));
+    let (i, n) = spec.split_once('/').ok_or_else(|| bad("expected I/N, e.g. 0/4 (the first of 4 shares)"))?;
+    let num = |t: &str| -> Option<usize> {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok()).flatten()
+    };
+    let (Some(i), Some(n)) = (num(i), num(n)) else {
+        return Err(bad("expected I/N with whole numbers, e.g. 0/4 (the first of 4 shares)"));
+    };
+    if n == 0 {
+        return Err(bad("the count N must be at least 1"));
+    }
+    if i >= n {
+        return Err(bad(&format!("the index I must be below N (0 to {})", n - 1)));
+    }
+    Ok((i, n))
+}
+
+/// The files (indices into the ordered input list) of partition `index` of `count`.
+///
+/// Contiguous in input order, so the partitions' outputs concatenated are a single run's. A file
+/// goes to the share its middle byte falls in: file `k` with `before` bytes ahead of it and size
+/// `s` is in partition `floor((before + s/2) * count / total)`. A file is never split, so one
+/// file larger than `total / count` makes its partition that long and may leave a neighbour
+/// empty. With no bytes at all (empty files), files are shared by count.
+pub fn partition_range(sizes: &[u64], index: usize, count: usize) -> std::ops::Range<usize> {
+    let total: u128 = sizes.iter().map(|&s| s as u128).sum();
+    let n = sizes.len();
+    let mut before: u128 = 0;
+    let mut part = Vec::with_capacity(n);
+    for (k, &s) in sizes.iter().enumerate() {
+        let p = if total == 0 { k * count / n.max(1) } else { ((2 * before + s as u128) * count as u128 / (2 * total)) as usize };
+        part.push(p.min(count - 1));
+        before += s as u128;
+    }
+    let start = part.iter().position(|&p| p >= index).unwrap_or(n);
+    let end = part.iter().position(|&p| p > index).unwrap_or(n);
+    start..end.max(start)
+}
+
+/// A 64-bit key of an input file for [`is_held_out`]: from its name as the manifest shows it.
+fn holdout_key(name: &str) -> u64 {
+    let d = Sha256::digest(name.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// Whether document number `ordinal` (counting every document cut from the file, kept or not,
+/// from 0) of the file with key `key` is held out at `per_million`. A fixed hash (splitmix64) of
+/// both, so the choice depends on neither workers nor partitions nor resumes.
+pub fn is_held_out(key: u64, ordinal: u64, per_million: u32) -> bool {
+    if per_million == 0 {
+        return false;
+    }
+    let mut z = key ^ ordinal.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    z % u64::from(HOLDOUT_SCALE) < u64::from(per_million)
+}
+
+/// The shard format's dtype for a vocabulary.
+fn shard_dtype(vocab: usize) -> DType {
+    if vocab <= 65536 {
+        DType::Uint16
+    } else {
+        DType::Uint32
     }
 }
 
@@ -250,6 +355,16 @@ pub struct Counts {
     pub invalid_utf8: u64,
     /// JSONL lines that are not an object with a string at `text_field` (skipped).
     pub bad_json: u64,
+    /// `--holdout`: documents (and their tokens) written to `holdout/` instead of the training
+    /// shards (not in `documents`/`tokens`). Absent when 0, so plain manifests are unchanged.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub holdout_documents: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub holdout_tokens: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Counts {
@@ -261,6 +376,8 @@ impl Counts {
         self.bytes += o.bytes;
         self.invalid_utf8 += o.invalid_utf8;
         self.bad_json += o.bad_json;
+        self.holdout_documents += o.holdout_documents;
+        self.holdout_tokens += o.holdout_tokens;
     }
 }
 
@@ -310,6 +427,42 @@ pub struct Manifest {
     pub inputs: Vec<FileEntry>,
     pub options: serde_json::Value,
     pub fingerprint: String,
+    /// `--partition`: which share of which input list this is (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<PartitionInfo>,
+    /// `--holdout`: where the held-out documents are (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<HoldoutInfo>,
+}
+
+/// A partition's place in the whole job, recorded in its manifest for `merge-shards`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    pub index: usize,
+    pub count: usize,
+    /// Files in the whole input list (all partitions).
+    pub total_files: usize,
+    /// Position in the whole list of this partition's first file.
+    pub first_file: usize,
+    /// sha256 of the whole input list: every file's canonical path and size, in order.
+    pub inputs_sha256: String,
+    /// The `fingerprint` a single run of the whole job has (the merged manifest's).
+    pub whole_fingerprint: String,
+}
+
+/// `--holdout`: the rate, and the other directory (`holdout` from the training output, `..` from
+/// the held-out one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldoutInfo {
+    pub per_million: u32,
+    pub path: String,
+}
+
+/// The held-out shards in a checkpoint: those finished, and the one being written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct HoldoutState {
+    shards: Vec<ShardEntry>,
+    current: Option<shards::ShardCheckpoint>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -335,6 +488,8 @@ struct State {
     /// before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     job: Option<JobRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    holdout: Option<HoldoutState>,
 }
 
 /// One input file of a job, as spelled and as it is on disk.
@@ -522,7 +677,7 @@ pub fn run(cfg: &CorpusConfig, progress: &Progress) -> Result<Manifest> {
 // ---------------------------------------------------------------- pipeline items
 
 enum Item {
-    Doc { file: u32, start: usize, len: usize, span: DocSpan },
+    Doc { file: u32, start: usize, len: usize, span: DocSpan, held: bool },
     FileEnd { file: u32, sha256: String, size: u64 },
     Bad { file: u32, error: String },
     Fatal(Error),
@@ -542,7 +697,7 @@ enum Outcome {
 }
 
 enum OutItem {
-    Doc { file: u32, span: DocSpan, invalid_utf8: u64, outcome: Outcome },
+    Doc { file: u32, span: DocSpan, invalid_utf8: u64, outcome: Outcome, held: bool },
     FileEnd { file: u32, sha256: String, size: u64 },
     Bad { file: u32, error: String },
     Fatal(Error),
@@ -583,6 +738,16 @@ fn our_files(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
     }
     v.sort();
     Ok(v)
+}
+
+/// Our files in `OUT/holdout/` (none when it does not exist).
+fn holdout_files(out: &Path) -> Result<Vec<PathBuf>> {
+    let dir = out.join(HOLDOUT_DIR);
+    if dir.is_dir() {
+        our_files(&dir, "\0")
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 fn remove(path: &Path) -> Result<()> {
@@ -676,16 +841,39 @@ pub fn run_with<E: Encode>(cfg: &CorpusConfig, enc: &E, tokenizer_sha256: &str, 
         files.push(InputFile { name: p.to_string_lossy().into_owned(), path: p, size, jsonl });
     }
     let options = cfg.output_options();
+    let fingerprint_of = |options: &serde_json::Value, ident: &[serde_json::Value]| {
+        let v = serde_json::json!({"options": options, "tokenizer_sha256": tokenizer_sha256, "inputs": ident, "version": MANIFEST_VERSION});
+        hex(&Sha256::digest(v.to_string().as_bytes()))
+    };
+    // --partition: this job is a contiguous share of the whole list; record the whole.
+    let mut partition = None;
+    if let Some((index, count)) = cfg.partition_spec()? {
+        let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+        let range = partition_range(&sizes, index, count);
+        let listed: Vec<serde_json::Value> = records.iter().map(|r| serde_json::json!([r.canonical, r.size])).collect();
+        let mut whole_options = options.clone();
+        if let Some(o) = whole_options.as_object_mut() {
+            o.remove("partition");
+        }
+        partition = Some(PartitionInfo {
+            index,
+            count,
+            total_files: files.len(),
+            first_file: range.start,
+            inputs_sha256: hex(&Sha256::digest(serde_json::Value::Array(listed).to_string().as_bytes())),
+            whole_fingerprint: fingerprint_of(&whole_options, &ident),
+        });
+        files = files.drain(range.clone()).collect();
+        ident = ident.drain(range.clone()).collect();
+        records = records.drain(range).collect();
+    }
     let job = JobRecord {
         tokenizer_path: cfg.tokenizer.to_string_lossy().into_owned(),
         tokenizer_sha256: tokenizer_sha256.to_string(),
         options: options.clone(),
         inputs: records,
     };
-    let fingerprint = {
-        let v = serde_json::json!({"options": options, "tokenizer_sha256": tokenizer_sha256, "inputs": ident, "version": MANIFEST_VERSION});
-        hex(&Sha256::digest(v.to_string().as_bytes()))
-    };
+    let fingerprint = fingerprint_of(&options, &ident);
     progress.files_total.store(files.len() as u64, Ordering::Relaxed);
     progress.raw_bytes_total.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
 
@@ -703,7 +891,7 @@ pub fn run_with<E: Encode>(cfg: &CorpusConfig, enc: &E, tokenizer_sha256: &str, 
         Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path: lock_p, source }),
     }
     // (The lock file stays: removing it would let a waiting job lock a file no one else sees.)
-    let result = run_locked(cfg, enc, progress, files, job, fingerprint, vocab, eos, dtype, workers);
+    let result = run_locked(cfg, enc, progress, files, job, fingerprint, vocab, eos, dtype, workers, partition);
     drop(lock);
     result
 }
@@ -720,6 +908,7 @@ fn run_locked<E: Encode>(
     eos: Option<u32>,
     dtype: DType,
     workers: usize,
+    partition: Option<PartitionInfo>,
 ) -> Result<Manifest> {
     let out = &cfg.output;
     if let Ok(out_abs) = out.canonicalize() {
@@ -736,9 +925,10 @@ fn run_locked<E: Encode>(
     let progress_p = out.join(PROGRESS);
     let prefix_p = out.join(&cfg.megatron_prefix);
     if cfg.overwrite {
-        for f in our_files(out, &cfg.megatron_prefix)? {
+        for f in our_files(out, &cfg.megatron_prefix)?.into_iter().chain(holdout_files(out)?) {
             remove(&f)?;
         }
+        let _ = std::fs::remove_dir(out.join(HOLDOUT_DIR)); // only when left empty
     }
     if manifest_p.exists() {
         let m: Manifest = read_json(&manifest_p)?;
@@ -791,7 +981,7 @@ fn run_locked<E: Encode>(
             job = then;
         }
         state = Some(s);
-    } else if !cfg.resume && !our_files(out, &cfg.megatron_prefix)?.is_empty() {
+    } else if !cfg.resume && !(our_files(out, &cfg.megatron_prefix)?.is_empty() && holdout_files(out)?.is_empty()) {
         return Err(Error::Output { path: out.clone(), reason: "already holds shard files; use --resume or --overwrite".into() });
     }
     // Cut back to the checkpoint: drop everything not recorded as complete.
@@ -808,6 +998,20 @@ fn run_locked<E: Encode>(
             remove(&f)?;
         }
     }
+    // The held-out shards likewise: keep those recorded, and the one being written (cut back
+    // to its recorded length when it is reopened).
+    let hs = state.as_ref().and_then(|s| s.holdout.clone()).unwrap_or_default();
+    let mut keep_holdout: Vec<String> = hs.shards.iter().flat_map(|e| [e.bin.clone(), e.idx.clone()]).collect();
+    if let Some(cp) = &hs.current {
+        let (b, i) = shards::shard_name(cp.index);
+        keep_holdout.extend([format!("{b}{}", shards::TMP_SUFFIX), format!("{i}{}", shards::TMP_SUFFIX), b, i]);
+    }
+    for f in holdout_files(out)? {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !keep_holdout.contains(&name) {
+            remove(&f)?;
+        }
+    }
     let state = state.unwrap_or(State {
         version: MANIFEST_VERSION,
         fingerprint: fingerprint.clone(),
@@ -817,13 +1021,14 @@ fn run_locked<E: Encode>(
         partial: None,
         finishing: false,
         job: None,
+        holdout: None,
     });
 
-    let ctx = Ctx { cfg, files: &files, job: &job, dtype, eos, progress, out, progress_p: &progress_p, prefix_p: &prefix_p };
-    let (shards_done, mega_entry, file_entries) = if state.finishing {
+    let ctx = Ctx { cfg, files: &files, job: &job, dtype, cfg_vocab: vocab, eos, progress, out, progress_p: &progress_p, prefix_p: &prefix_p };
+    let (shards_done, mega_entry, file_entries, holdout_shards) = if state.finishing {
         let at = state.megatron.unwrap_or_default();
         let e = megatron::finish_files(&prefix_p, dtype, at)?;
-        (Vec::new(), Some(e), state.files.clone())
+        (Vec::new(), Some(e), state.files.clone(), state.holdout.map(|h| h.shards))
     } else {
         pipeline(&ctx, enc, workers, state)?
     };
@@ -857,7 +1062,31 @@ fn run_locked<E: Encode>(
         inputs: file_entries,
         options: job.options.clone(),
         fingerprint,
+        partition,
+        holdout: (cfg.holdout_per_million > 0)
+            .then(|| HoldoutInfo { per_million: cfg.holdout_per_million, path: HOLDOUT_DIR.into() }),
     };
+    if cfg.holdout_per_million > 0 {
+        // The held-out documents: a shard directory of their own, written before the main manifest.
+        let c = &manifest.counts.counts;
+        let held = Manifest {
+            format: "baichuan-shards".into(),
+            dtype: shard_dtype(vocab),
+            shards: holdout_shards.unwrap_or_default(),
+            megatron: None,
+            counts: TotalCounts {
+                counts: Counts { documents: c.holdout_documents, tokens: c.holdout_tokens, ..Counts::default() },
+                files: 0,
+                bad_files: 0,
+            },
+            inputs: Vec::new(),
+            holdout: Some(HoldoutInfo { per_million: cfg.holdout_per_million, path: "..".into() }),
+            ..manifest.clone()
+        };
+        let dir = out.join(HOLDOUT_DIR);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        write_json_atomic(&dir.join(MANIFEST), &held)?;
+    }
     write_json_atomic(&manifest_p, &manifest)?;
     remove(&progress_p)?;
     remove(&MegatronWriter::lengths_tmp(&prefix_p))?;
@@ -870,6 +1099,8 @@ struct Ctx<'a> {
     files: &'a [InputFile],
     job: &'a JobRecord,
     dtype: DType,
+    /// The tokenizer's vocabulary size.
+    cfg_vocab: usize,
     eos: Option<u32>,
     progress: &'a Progress,
     out: &'a Path,
@@ -877,7 +1108,7 @@ struct Ctx<'a> {
     prefix_p: &'a Path,
 }
 
-type PipelineOut = (Vec<ShardEntry>, Option<MegatronEntry>, Vec<FileEntry>);
+type PipelineOut = (Vec<ShardEntry>, Option<MegatronEntry>, Vec<FileEntry>, Option<Vec<ShardEntry>>);
 
 fn pipeline<E: Encode>(ctx: &Ctx<'_>, enc: &E, workers: usize, state: State) -> Result<PipelineOut> {
     let start_file = state.files.len();
@@ -977,6 +1208,8 @@ fn reader(ctx: &Ctx<'_>, start_file: usize, skip_until: Option<u64>, stop: &Atom
         let per = if f.jsonl { DocPer::Line } else { cfg.doc_per };
         let mut failed: Option<Error> = None;
         let mut sniff = input::BinarySniffer::default();
+        let key = holdout_key(&f.name);
+        let mut ordinal = 0u64;
         match input::open_input(&f.path, counter.clone()) {
             Err(e) => failed = Some(e),
             Ok(mut inp) => {
@@ -989,12 +1222,14 @@ fn reader(ctx: &Ctx<'_>, start_file: usize, skip_until: Option<u64>, stop: &Atom
                             if let Some(v) = sniff.feed(&out.chunk.data[start..]) {
                                 ctx.progress.warn(binary_warning(&f.path, v, cfg.invalid_utf8));
                             }
+                            let held = is_held_out(key, ordinal, cfg.holdout_per_million);
+                            ordinal += 1;
                             if skip.is_some_and(|end| span.end <= end) {
                                 out.chunk.data.truncate(start);
                                 continue;
                             }
                             let len = out.chunk.data.len() - start;
-                            if !out.push(Item::Doc { file: fi as u32, start, len, span }) {
+                            if !out.push(Item::Doc { file: fi as u32, start, len, span, held }) {
                                 return;
                             }
                             ctx.progress.raw_bytes_read.store(counter.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -1081,7 +1316,7 @@ fn encode_chunk<E: Encode>(ctx: &Ctx<'_>, enc: &E, chunk: Chunk) -> Encoded {
     let mut items = Vec::with_capacity(chunk.items.len());
     for item in chunk.items {
         match item {
-            Item::Doc { file, start, len, span } => {
+            Item::Doc { file, start, len, span, held } => {
                 let bytes = &chunk.data[start..start + len];
                 let (text, invalid_utf8) = input::decode_utf8(bytes, cfg.invalid_utf8);
                 let jsonl = ctx.files[file as usize].jsonl;
@@ -1093,11 +1328,11 @@ fn encode_chunk<E: Encode>(ctx: &Ctx<'_>, enc: &E, chunk: Chunk) -> Encoded {
                             &owned
                         }
                         Ok(None) => {
-                            items.push(OutItem::Doc { file, span, invalid_utf8, outcome: Outcome::Empty });
+                            items.push(OutItem::Doc { file, span, invalid_utf8, outcome: Outcome::Empty, held });
                             continue;
                         }
                         Err(reason) => {
-                            items.push(OutItem::Doc { file, span, invalid_utf8, outcome: Outcome::BadJson(reason) });
+                            items.push(OutItem::Doc { file, span, invalid_utf8, outcome: Outcome::BadJson(reason), held });
                             continue;
                         }
                     }
@@ -1125,7 +1360,7 @@ fn encode_chunk<E: Encode>(ctx: &Ctx<'_>, enc: &E, chunk: Chunk) -> Encoded {
                     }
                     Outcome::Kept { ntok: n }
                 };
-                items.push(OutItem::Doc { file, span, invalid_utf8, outcome });
+                items.push(OutItem::Doc { file, span, invalid_utf8, outcome, held });
             }
             Item::FileEnd { file, sha256, size } => items.push(OutItem::FileEnd { file, sha256, size }),
             Item::Bad { file, error } => items.push(OutItem::Bad { file, error }),
@@ -1156,6 +1391,59 @@ struct Writer<'a> {
     files: Vec<FileEntry>,
     cur: Option<Partial>,
     checkpoints_written: u64,
+    holdout: Option<HoldoutWriter>,
+}
+
+/// Writes the held-out documents into `OUT/holdout/` (shard format, same shard size). Its shard
+/// in progress is fsynced at every checkpoint of the job and recorded there, so a resume cuts it
+/// back to that point (`ShardWriter::resume`).
+struct HoldoutWriter {
+    dir: PathBuf,
+    dtype: DType,
+    limit: u64,
+    shards: Vec<ShardEntry>,
+    cur: Option<ShardWriter>,
+}
+
+impl HoldoutWriter {
+    fn open(dir: PathBuf, dtype: DType, limit: u64, state: HoldoutState) -> Result<Self> {
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let cur = match &state.current {
+            Some(cp) => Some(ShardWriter::resume(&dir, dtype, cp)?),
+            None => None,
+        };
+        Ok(HoldoutWriter { dir, dtype, limit, shards: state.shards, cur })
+    }
+
+    fn write_doc(&mut self, ids: &[u32]) -> Result<()> {
+        if self.cur.is_none() {
+            self.cur = Some(ShardWriter::create(&self.dir, self.shards.len(), self.dtype)?);
+        }
+        let sh = self.cur.as_mut().expect("just set");
+        sh.write_doc(ids)?;
+        if sh.tokens() >= self.limit {
+            let entry = self.cur.take().expect("present").commit()?;
+            self.shards.push(entry);
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<HoldoutState> {
+        let current = match self.cur.as_mut() {
+            Some(w) => Some(w.checkpoint()?),
+            None => None,
+        };
+        Ok(HoldoutState { shards: self.shards.clone(), current })
+    }
+
+    /// Commits the shard in progress; the finished list.
+    fn finish(&mut self) -> Result<Vec<ShardEntry>> {
+        if let Some(w) = self.cur.take() {
+            let entry = w.commit()?;
+            self.shards.push(entry);
+        }
+        Ok(self.shards.clone())
+    }
 }
 
 impl<'a> Writer<'a> {
@@ -1163,6 +1451,15 @@ impl<'a> Writer<'a> {
         let mega = match ctx.cfg.format {
             OutputFormat::Megatron => Some(MegatronWriter::open(ctx.prefix_p, ctx.dtype, state.megatron)?),
             OutputFormat::Baichuan => None,
+        };
+        let holdout = match ctx.cfg.holdout_per_million {
+            0 => None,
+            _ => Some(HoldoutWriter::open(
+                ctx.out.join(HOLDOUT_DIR),
+                shard_dtype(ctx.cfg_vocab),
+                ctx.cfg.shard_tokens,
+                state.holdout.clone().unwrap_or_default(),
+            )?),
         };
         let mut total = Counts::default();
         for f in &state.files {
@@ -1187,6 +1484,7 @@ impl<'a> Writer<'a> {
             files: state.files,
             cur: state.partial,
             checkpoints_written: 0,
+            holdout,
         })
     }
 
@@ -1202,7 +1500,12 @@ impl<'a> Writer<'a> {
     }
 
     fn save_state(&mut self, finishing: bool) -> Result<()> {
+        let holdout = match self.holdout.as_mut() {
+            Some(h) => Some(h.checkpoint()?),
+            None => None,
+        };
         let st = State {
+            holdout,
             version: MANIFEST_VERSION,
             fingerprint: self.fingerprint.clone(),
             shards: self.shards.clone(),
@@ -1272,7 +1575,7 @@ impl<'a> Writer<'a> {
         let mut off = 0usize;
         for item in enc.items {
             match item {
-                OutItem::Doc { file, span, invalid_utf8, outcome } => {
+                OutItem::Doc { file, span, invalid_utf8, outcome, held } => {
                     let cur = self.cur_for(file)?;
                     cur.end = span.end;
                     cur.counts.bytes += span.consumed;
@@ -1280,14 +1583,22 @@ impl<'a> Writer<'a> {
                     pr.text_bytes.fetch_add(span.consumed, Ordering::Relaxed);
                     match outcome {
                         Outcome::Kept { ntok } => {
-                            cur.counts.documents += 1;
-                            cur.counts.tokens += ntok as u64;
+                            if held {
+                                cur.counts.holdout_documents += 1;
+                                cur.counts.holdout_tokens += ntok as u64;
+                            } else {
+                                cur.counts.documents += 1;
+                                cur.counts.tokens += ntok as u64;
+                            }
                             pr.documents.fetch_add(1, Ordering::Relaxed);
                             pr.tokens.fetch_add(ntok as u64, Ordering::Relaxed);
                             let end = off + ntok;
                             let ids = enc.tokens.get(off..end).ok_or_else(|| Error::Internal("token buffer too short".into()))?;
                             off = end;
-                            self.write_doc(ids)?;
+                            match (held, self.holdout.as_mut()) {
+                                (true, Some(h)) => h.write_doc(ids)?,
+                                _ => self.write_doc(ids)?,
+                            }
                         }
                         Outcome::Dropped => {
                             cur.counts.dropped += 1;
@@ -1325,6 +1636,10 @@ impl<'a> Writer<'a> {
             let entry = sh.commit()?;
             self.shards.push(entry);
         }
+        let held = match self.holdout.as_mut() {
+            Some(h) => Some(h.finish()?),
+            None => None,
+        };
         let mega = match self.mega.take() {
             Some(mut m) => {
                 self.mega_cp = Some(m.checkpoint()?);
@@ -1333,7 +1648,7 @@ impl<'a> Writer<'a> {
             }
             None => None,
         };
-        Ok((self.shards, mega, self.files))
+        Ok((self.shards, mega, self.files, held))
     }
 }
 

@@ -100,6 +100,12 @@ pub fn is_output_dir(dir: &Path) -> bool {
     if dir.join(OUTPUT_MARKER_LOCK).is_file() {
         return true;
     }
+    // `OUT/holdout/` (`--holdout`) belongs to the output around it, finished or not.
+    if dir.file_name().is_some_and(|n| n == crate::corpus::HOLDOUT_DIR)
+        && dir.parent().is_some_and(|p| !p.as_os_str().is_empty() && is_output_dir(p))
+    {
+        return true;
+    }
     let Ok(text) = std::fs::read(dir.join(OUTPUT_MARKER_MANIFEST)) else { return false };
     match serde_json::from_slice::<serde_json::Value>(&text) {
         Ok(v) => matches!(v.get("format").and_then(|f| f.as_str()), Some("baichuan-shards" | "megatron-mmap")),

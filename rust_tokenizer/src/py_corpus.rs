@@ -11,6 +11,7 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::corpus::merge::{self, MergeConfig};
 use crate::corpus::{self, CorpusConfig, Progress};
 use crate::error::Error;
 
@@ -25,11 +26,28 @@ fn to_py(e: Error) -> PyErr {
 
 type Outcome = std::result::Result<String, Error>;
 
+/// What a job does: tokenize a corpus, or merge partitions (`merge-shards`).
+#[derive(Clone)]
+enum Task {
+    Tokenize(CorpusConfig),
+    Merge(MergeConfig),
+}
+
+impl Task {
+    fn run(&self, progress: &Progress) -> crate::error::Result<corpus::Manifest> {
+        match self {
+            Task::Tokenize(cfg) => corpus::run(cfg, progress),
+            Task::Merge(cfg) => merge::merge(cfg, progress),
+        }
+    }
+}
+
 /// A bulk tokenization job: `CorpusJob(config_json)`, then `start()`, poll `progress()` /
-/// `wait(seconds)`, and take `result()` (the manifest as JSON text).
+/// `wait(seconds)`, and take `result()` (the manifest as JSON text). `CorpusJob.merge(config_json)`
+/// is a `merge-shards` job with the same interface.
 #[pyclass(module = "baichuan._tokenizer")]
 pub struct CorpusJob {
-    config: CorpusConfig,
+    task: Task,
     progress: Arc<Progress>,
     handle: Mutex<Option<JoinHandle<()>>>,
     started: std::sync::atomic::AtomicBool,
@@ -41,13 +59,14 @@ impl CorpusJob {
     #[new]
     fn new(config_json: &str) -> PyResult<Self> {
         let config = CorpusConfig::from_json(config_json).map_err(to_py)?;
-        Ok(CorpusJob {
-            config,
-            progress: Arc::new(Progress::default()),
-            handle: Mutex::new(None),
-            started: std::sync::atomic::AtomicBool::new(false),
-            outcome: Arc::new(Mutex::new(None)),
-        })
+        Ok(Self::with_task(Task::Tokenize(config)))
+    }
+
+    /// A job merging partitions: `{"inputs": [dirs], "output": dir, "overwrite": bool}`.
+    #[staticmethod]
+    fn merge(config_json: &str) -> PyResult<Self> {
+        let config: MergeConfig = serde_json::from_str(config_json).map_err(|e| to_py(Error::Config(e.to_string())))?;
+        Ok(Self::with_task(Task::Merge(config)))
     }
 
     /// Starts the job on a background thread.
@@ -56,14 +75,14 @@ impl CorpusJob {
         if self.started.swap(true, Ordering::SeqCst) {
             return Err(PyRuntimeError::new_err("the job was already started"));
         }
-        let cfg = self.config.clone();
+        let task = self.task.clone();
         let progress = self.progress.clone();
         let outcome = self.outcome.clone();
         let handle = std::thread::Builder::new()
             .name("baichuan-tokenize".into())
             .spawn(move || {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    corpus::run(&cfg, &progress).and_then(|m| {
+                    task.run(&progress).and_then(|m| {
                         serde_json::to_string(&m).map_err(|e| Error::Internal(e.to_string()))
                     })
                 }));
@@ -143,6 +162,18 @@ impl CorpusJob {
     }
 }
 
+impl CorpusJob {
+    fn with_task(task: Task) -> Self {
+        CorpusJob {
+            task,
+            progress: Arc::new(Progress::default()),
+            handle: Mutex::new(None),
+            started: std::sync::atomic::AtomicBool::new(false),
+            outcome: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
 /// Runs a job to the end on the calling thread with the GIL released (no progress reporting).
 #[pyfunction]
 fn tokenize_corpus(py: Python<'_>, config_json: &str) -> PyResult<String> {
@@ -166,11 +197,18 @@ fn discover_inputs(inputs: Vec<String>) -> PyResult<(Vec<String>, Vec<String>)> 
     Ok((files, crate::input::skipped_warnings(&d.skipped)))
 }
 
+/// Checks a `--partition I/N` spec: `(I, N)`, or CorpusError naming it.
+#[pyfunction]
+fn parse_partition(spec: &str) -> PyResult<(usize, usize)> {
+    corpus::parse_partition(spec).map_err(to_py)
+}
+
 /// Adds the corpus names to the native module (called from py.rs).
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CorpusError", m.py().get_type::<CorpusError>())?;
     m.add_class::<CorpusJob>()?;
     m.add_function(wrap_pyfunction!(tokenize_corpus, m)?)?;
     m.add_function(wrap_pyfunction!(discover_inputs, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_partition, m)?)?;
     Ok(())
 }

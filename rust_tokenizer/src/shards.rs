@@ -90,6 +90,39 @@ impl AtomicFile {
         self.w.write_all(data).map_err(io_err(&self.tmp))
     }
 
+    /// Flushes and fsyncs what was written so far (the file stays under its `.tmp` name); returns
+    /// its length, for a checkpoint that [`AtomicFile::reopen`] can go back to.
+    pub fn sync(&mut self) -> Result<u64> {
+        self.w.flush().map_err(io_err(&self.tmp))?;
+        self.w.get_ref().sync_data().map_err(io_err(&self.tmp))?;
+        Ok(self.bytes)
+    }
+
+    /// Continues a file from a checkpoint: its `.tmp` (or, when it was committed since, its final
+    /// name, renamed back) cut to `len` bytes, those bytes hashed again, writing after them.
+    pub fn reopen(path: &Path, len: u64) -> Result<Self> {
+        use std::io::{Read, Seek};
+        let tmp = tmp_path(path);
+        if !tmp.exists() && path.exists() {
+            std::fs::rename(path, &tmp).map_err(io_err(path))?;
+        }
+        let mut f = reopen_truncated(&tmp, len)?;
+        f.seek(std::io::SeekFrom::Start(0)).map_err(io_err(&tmp))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = len;
+        while left > 0 {
+            let n = f.read(&mut buf[..left.min(1 << 20) as usize]).map_err(io_err(&tmp))?;
+            if n == 0 {
+                return Err(Error::Output { path: tmp, reason: "ended before its checkpoint; cannot resume (rerun with --overwrite)".into() });
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        f.seek(std::io::SeekFrom::Start(len)).map_err(io_err(&tmp))?;
+        Ok(AtomicFile { path: path.to_path_buf(), tmp, w: BufWriter::with_capacity(1 << 20, f), hasher, bytes: len })
+    }
+
     /// Flushes, fsyncs, renames to the final name, fsyncs the directory. Returns (bytes, sha256).
     pub fn commit(self) -> Result<(u64, String)> {
         let AtomicFile { path, tmp, w, hasher, bytes } = self;
@@ -130,8 +163,19 @@ pub fn shard_name(index: usize) -> (String, String) {
     (format!("shard-{index:05}.bin"), format!("shard-{index:05}.idx"))
 }
 
+/// A shard being written, as a checkpoint records it: its number and what its `.tmp` files hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCheckpoint {
+    pub index: usize,
+    pub documents: u64,
+    pub tokens: u64,
+    pub bin_bytes: u64,
+    pub idx_bytes: u64,
+}
+
 /// Writes one shard: tokens to `.bin`, uint64 document offsets (in tokens) to `.idx`.
 pub struct ShardWriter {
+    index: usize,
     bin_name: String,
     idx_name: String,
     bin: AtomicFile,
@@ -148,7 +192,7 @@ impl ShardWriter {
         let bin = AtomicFile::create(&dir.join(&bin_name))?;
         let mut idx = AtomicFile::create(&dir.join(&idx_name))?;
         idx.write_all(&0u64.to_le_bytes())?;
-        Ok(ShardWriter { bin_name, idx_name, bin, idx, dtype, documents: 0, tokens: 0, buf: Vec::new() })
+        Ok(ShardWriter { index, bin_name, idx_name, bin, idx, dtype, documents: 0, tokens: 0, buf: Vec::new() })
     }
 
     pub fn tokens(&self) -> u64 {
@@ -156,6 +200,32 @@ impl ShardWriter {
     }
     pub fn documents(&self) -> u64 {
         self.documents
+    }
+
+    /// Where a shard being written stands, for a checkpoint (`progress.json`).
+    pub fn checkpoint(&mut self) -> Result<ShardCheckpoint> {
+        let bin_bytes = self.bin.sync()?;
+        let idx_bytes = self.idx.sync()?;
+        Ok(ShardCheckpoint { index: self.index, documents: self.documents, tokens: self.tokens, bin_bytes, idx_bytes })
+    }
+
+    /// Continues a shard from a checkpoint (its files cut back to the recorded lengths).
+    pub fn resume(dir: &Path, dtype: DType, cp: &ShardCheckpoint) -> Result<Self> {
+        let (bin_name, idx_name) = shard_name(cp.index);
+        if cp.bin_bytes != cp.tokens * dtype.itemsize() as u64 || cp.idx_bytes != (cp.documents + 1) * 8 {
+            return Err(Error::Output { path: dir.join(&bin_name), reason: "inconsistent checkpoint; cannot resume (rerun with --overwrite)".into() });
+        }
+        let bin = AtomicFile::reopen(&dir.join(&bin_name), cp.bin_bytes)?;
+        let idx = AtomicFile::reopen(&dir.join(&idx_name), cp.idx_bytes)?;
+        Ok(ShardWriter { index: cp.index, bin_name, idx_name, bin, idx, dtype, documents: cp.documents, tokens: cp.tokens, buf: Vec::new() })
+    }
+
+    /// Appends one document given as its on-disk bytes (`ntok` elements of this shard's dtype).
+    pub fn write_doc_bytes(&mut self, raw: &[u8], ntok: u64) -> Result<()> {
+        self.bin.write_all(raw)?;
+        self.tokens += ntok;
+        self.documents += 1;
+        self.idx.write_all(&self.tokens.to_le_bytes())
     }
 
     pub fn write_doc(&mut self, ids: &[u32]) -> Result<()> {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from baichuan.units import size_arg
@@ -15,6 +16,11 @@ HELP = "Tokenize a corpus into memory-mapped token shards, in parallel, resumabl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # `--partition -1/2` reaches our check (one line naming it) instead of argparse's "expected one
+    # argument": a "-digits/digits" word is a value here, as "-5" is for argparse already.
+    matcher = getattr(parser, "_negative_number_matcher", None)
+    if matcher is not None:
+        parser._negative_number_matcher = re.compile(matcher.pattern + r"|^-\d+/\d+$")  # type: ignore[attr-defined]
     parser.add_argument("--tokenizer", required=True, help="SentencePiece .model file")
     parser.add_argument(
         "--input",
@@ -78,7 +84,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--megatron-prefix", default="corpus_text_document", help="Megatron output: OUT_DIR/PREFIX.{bin,idx}"
     )
+    parser.add_argument(
+        "--partition",
+        metavar="I/N",
+        help="tokenize only the I-th (from 0) of N contiguous shares of the inputs, balanced by bytes "
+        "(files are never split); run all N (e.g. a Slurm array) into their own OUT_DIRs, then join "
+        "them with `baichuan merge-shards`",
+    )
+    parser.add_argument(
+        "--holdout",
+        metavar="FRACTION",
+        help="hold out this fraction of the documents (e.g. 0.001; chosen by a fixed hash of the file name "
+        "and the document's position, in steps of 1e-6) into OUT_DIR/holdout/, a shard directory of its own; "
+        "they never appear in the training shards",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line and no summary table")
+
+
+def _holdout_per_million(text: str) -> int:
+    """``--holdout`` as documents per million; raises ValueError with the reason."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        f = Decimal(text)
+    except InvalidOperation:
+        raise ValueError("expected a fraction such as 0.001") from None
+    if not f.is_finite() or f <= 0 or f >= 1:
+        raise ValueError("must be above 0 and below 1 (a fraction of the documents, e.g. 0.001)")
+    ppm = f * 1_000_000
+    if ppm != ppm.to_integral_value():
+        raise ValueError("is kept in steps of 0.000001 (one document per million); round it")
+    return int(ppm)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +126,25 @@ def run(args: argparse.Namespace) -> int:
     if args.min_tokens < 0:
         print("baichuan tokenize: --min-tokens must be >= 0", file=sys.stderr)
         return 2
+    if args.partition is not None:
+        from baichuan._tokenizer import parse_partition
+
+        try:
+            parse_partition(args.partition)
+        except CorpusError as e:
+            print(f"baichuan tokenize: error: {str(e).removeprefix('invalid corpus options: ')}", file=sys.stderr)
+            return 2
+        if args.format == "megatron":
+            print(f"baichuan tokenize: error: --partition {args.partition}: works with the shard format only "
+                  "(merge-shards cannot join Megatron pairs)", file=sys.stderr)
+            return 2
+    holdout = 0
+    if args.holdout is not None:
+        try:
+            holdout = _holdout_per_million(args.holdout)
+        except ValueError as e:
+            print(f"baichuan tokenize: error: --holdout {args.holdout}: {e}", file=sys.stderr)
+            return 2
     cfg = TokenizeConfig(
         tokenizer=args.tokenizer,
         inputs=list(args.input),
@@ -109,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         max_doc_bytes=args.max_doc_bytes,
         megatron_prefix=args.megatron_prefix,
+        partition=args.partition,
+        holdout_per_million=holdout,
         extra={"debug_kill_after_checkpoints": args.debug_kill_after_checkpoints}
         if args.debug_kill_after_checkpoints > 0 else {},
     )
