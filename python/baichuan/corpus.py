@@ -218,10 +218,16 @@ def _run_job(job: Any, bar: ProgressLine | None, stream: TextIO, warn: Callable[
             bar.close()
         raise
     flush_warnings()
+    try:
+        result = job.result()
+    except BaseException:
+        if bar is not None and bar.width:
+            bar.close()
+        raise
     if bar is not None:
         bar.update(job.progress(), force=True)
         bar.close()
-    return json.loads(job.result())
+    return json.loads(result)
 
 
 def load_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
