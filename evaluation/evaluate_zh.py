@@ -18,8 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+from baichuan.evaluation.benchmarks import TASKS
 from baichuan.evaluation.report import write_outputs
 from baichuan.evaluation.runner import EvalConfig, run
+
+ZH_TASKS = [t for t in TASKS if t != "mmlu"]  # MMLU has its own script, evaluate_mmlu.py
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu_idx", type=str, default=None, help="sets CUDA_VISIBLE_DEVICES")
     parser.add_argument("--model_id", type=str, required=True, help="model folder (ours or transformers)")
     parser.add_argument("--data_path", type=str, required=True, help="benchmark folder")
-    parser.add_argument("--task", type=str, default="ceval", choices=["ceval", "cmmlu", "gaokao", "agieval"])
+    parser.add_argument("--task", type=str, default="ceval", choices=ZH_TASKS)
     parser.add_argument("--shot", type=int, default=5)
     parser.add_argument("--split", type=str, default="test",
                         help="val|test (default test, as upstream: predictions for submission, no accuracy)")
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(cfg)
     name = f"{os.path.basename(os.path.normpath(args.model_id))}_{args.task}_{len(result.subjects)}_{result.split}_{args.shot}-shot"
     write_outputs(result, Path(args.save_dir) / name)
-    answered = [s for s in result.subjects if s.has_answers]
+    answered = result.answered
     print(f"{time.strftime('%Y%m%d %H:%M:%S')}\t{name}")
     if answered:
         example = sum(sum(s.correct) for s in answered) / sum(len(s.items) for s in answered)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "5-shot evaluation: C-Eval, MMLU, CMMLU, Gaokao, AGIEval (upstream prompts, batched, prefix-cached)."
+from baichuan.evaluation.backends import BACKENDS
+from baichuan.evaluation.benchmarks import TASKS
 
-TASKS = ("ceval", "mmlu", "cmmlu", "gaokao", "agieval")
+HELP = "5-shot evaluation: C-Eval, MMLU, CMMLU, Gaokao, AGIEval (upstream prompts, batched, prefix-cached)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run every prompt in full (same results, slower)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
-    parser.add_argument("--backend", default="auto", choices=("auto", "baichuan", "transformers"),
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="auto: Baichuan folders (ours, export-hf, official) load into our model, "
                              "other transformers folders through AutoModelForCausalLM")
     parser.add_argument("--trust-remote-code", action="store_true",

@@ -1,9 +1,11 @@
 """5-shot evaluation: C-Eval, MMLU, CMMLU, Gaokao, AGIEval (docs/evaluation.md).
 
-Modules: ``subjects`` (upstream subject tables), ``data`` (file readers), ``benchmarks`` (prompt
-formats and shot rules), ``scoring`` (batched, prefix-cached letter scoring), ``backends`` (model
-and tokenizer loading), ``runner`` (the driver), ``report`` (tables, plot, submission).
-Only ``data``/``benchmarks``/``subjects`` are torch-free.
+Modules, each importing only those before it: ``subjects`` (upstream subject tables), ``data``
+(file readers), ``results`` (result types and accuracy means), ``benchmarks`` (the registry:
+prompt formats, shot rules, summary columns), ``report`` (tables, plot, submission),
+``backends`` (model and tokenizer loading), ``scoring`` (batched, prefix-cached letter scoring),
+``runner`` (the driver). ``scoring`` and ``runner`` import torch; the others do not (``backends``
+only when it loads a model).
 """
 
 from baichuan.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark

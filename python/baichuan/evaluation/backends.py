@@ -15,15 +15,9 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from baichuan.evaluation.data import EvalDataError
-
-
-class TextTokenizer(Protocol):
-    def encode(self, text: str) -> list[int]: ...
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
 
 
 class HFTokenizerAdapter:

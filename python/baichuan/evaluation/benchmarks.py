@@ -1,17 +1,18 @@
-"""The five benchmarks: where their files are, which shots they use, and their prompt formats.
+"""The five benchmarks: where their files are, which shots they use, their prompt formats and how
+their summary columns aggregate.
 
 Each :class:`Benchmark` turns a subject's data into prompt strings byte-identical to the upstream
 format it documents (docs/evaluation.md lists the sources). A prompt is always
 ``header(subject) + shot(s_1, 1) + ... + shot(s_k, k) + query(q, k)``, so every question of a
 subject with the same shots shares the prefix ``header + shots``; the scorer caches it.
+
+:data:`BENCHMARKS` is the registry: the CLI's ``--task`` choices and every task list come from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import numpy as np
 
 from baichuan.evaluation.data import (
     EvalDataError,
@@ -25,13 +26,19 @@ from baichuan.evaluation.data import (
     read_mmlu_csv,
     require_dir,
 )
+from baichuan.evaluation.results import SubjectResult, question_mean, subject_mean
 from baichuan.evaluation.subjects import (
     AGIEVAL_CHINESE_QA,
     AGIEVAL_DEFAULT,
     AGIEVAL_FIVE_OPTION,
+    CEVAL_HARD,
     CEVAL_SUBJECTS,
+    CMMLU_CATEGORIES,
     CMMLU_SUBJECTS,
     GAOKAO_FILES,
+    MMLU_CATEGORIES,
+    MMLU_COLUMNS,
+    MMLU_SUBCATEGORIES,
 )
 
 # Seed of upstream's C-Eval dev shuffle (``dataset['dev'].shuffle(seed=123)``); we reuse it for
@@ -41,11 +48,14 @@ SHUFFLE_SEED = 123
 DEMO_POOL = 5
 
 TokenCount = Callable[[str], int]
+Columns = list[tuple[str, float]]
 
 
 def datasets_shuffle_order(n: int, seed: int = SHUFFLE_SEED) -> list[int]:
     """The row order of ``datasets.Dataset.shuffle(seed=seed)`` on ``n`` rows: that method draws
     ``numpy.random.default_rng(seed).permutation(n)`` (checked against ``datasets`` in the tests)."""
+    import numpy as np  # here, not at the top: the CLI imports this module to build its parser
+
     return [int(i) for i in np.random.default_rng(seed).permutation(n)]
 
 
@@ -53,10 +63,14 @@ class Benchmark:
     """Base class: subclasses define files, headers and the two example formats."""
 
     name: str = ""
+    # where the benchmark's files live under a shared data root such as ../shared/eval-data
+    data_subdir: str = ""
     splits: tuple[str, ...] = ("test",)
     default_split: str = "test"
     # True where the benchmark's shot rule can drop shots before the prompt exceeds max_length
     budget_rule: bool = False
+    # the split whose predictions go to the benchmark's site as submission.json (None: no such split)
+    submission_split: str | None = None
 
     def subjects(self, data_dir: Path, split: str) -> list[str]:
         raise NotImplementedError
@@ -76,10 +90,7 @@ class Benchmark:
         raise NotImplementedError
 
     def prompt(self, subject: str, shots: Sequence[Question], q: Question) -> str:
-        text = self.header(subject)
-        for i, s in enumerate(shots):
-            text += self.shot(s, i + 1)
-        return text + self.query(q, len(shots))
+        return self.prefix(subject, shots) + self.query(q, len(shots))
 
     def prefix(self, subject: str, shots: Sequence[Question]) -> str:
         text = self.header(subject)
@@ -98,6 +109,11 @@ class Benchmark:
             shots.pop()
         return shots
 
+    def columns(self, answered: Sequence[SubjectResult]) -> Columns:
+        """The summary table's (column, accuracy) pairs in upstream's order, over the subjects
+        that have answers. Default (AGIEval, Gaokao): the question-weighted average."""
+        return [("Average", question_mean(answered))]
+
     def _check_split(self, split: str) -> None:
         if split not in self.splits:
             raise EvalDataError(f"{self.name}: split {split!r} not available (have {', '.join(self.splits)})")
@@ -114,13 +130,31 @@ def _check_subject(subject: str, known: Sequence[str] | dict, bench: str) -> Non
         raise EvalDataError(f"{bench}: unknown subject {subject!r}")
 
 
+def _options(q: Question) -> str:
+    """``\nA. {choice}`` for each choice (C-Eval, MMLU and CMMLU list them alike)."""
+    return "".join(f"\n{letter}. {choice}" for letter, choice in zip(q.letters, q.choices))
+
+
+def _seeded_split(subject: str, items: Sequence[Question]) -> SubjectData:
+    """A seeded shuffle; its first :data:`DEMO_POOL` items are the shots, the rest (in file order)
+    are scored (AGIEval without official demos, Gaokao)."""
+    order = datasets_shuffle_order(len(items))
+    shots = [items[i] for i in order[:DEMO_POOL]]
+    questions = [items[i] for i in sorted(order[DEMO_POOL:])]
+    return SubjectData(subject, shots, questions)
+
+
 # ------------------------------------------------------------------------------------- C-Eval
 class CEval(Benchmark):
-    """Baichuan-7B ``evaluate_zh.py``: header, then examples joined by newlines."""
+    """Baichuan-7B ``evaluate_zh.py``: header, then examples joined by newlines. Summary: every
+    column is the mean of its subjects' accuracies (C-Eval's leaderboard averages subjects);
+    Avg(Hard) over the eight C-Eval Hard subjects."""
 
     name = "ceval"
+    data_subdir = "ceval"
     splits = ("val", "test")
     default_split = "val"
+    submission_split = "test"
 
     def subjects(self, data_dir: Path, split: str) -> list[str]:
         self._check_split(split)
@@ -143,8 +177,7 @@ class CEval(Benchmark):
 
     @staticmethod
     def example(q: Question, answer: str) -> str:
-        a, b, c, d = q.choices
-        return f"{q.question}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\n答案：{answer}"
+        return f"{q.question}{_options(q)}\n答案：{answer}"
 
     def shot(self, q: Question, number: int) -> str:
         return "\n" + self.example(q, (q.answer or "").strip().upper())
@@ -152,12 +185,28 @@ class CEval(Benchmark):
     def query(self, q: Question, n_shots: int) -> str:
         return "\n" + self.example(q, "")
 
+    def columns(self, answered: Sequence[SubjectResult]) -> Columns:
+        def category(name: str) -> float:
+            return subject_mean(r for r in answered if CEVAL_SUBJECTS[r.subject][1] == name)
+
+        return [
+            ("Average", subject_mean(answered)),
+            ("Avg(Hard)", subject_mean(r for r in answered if r.subject in CEVAL_HARD)),
+            ("STEM", category("STEM")),
+            ("Social Sciences", category("Social Science")),
+            ("Humanities", category("Humanities")),
+            ("Others", category("Other")),
+        ]
+
 
 # --------------------------------------------------------------------------------------- MMLU
 class MMLU(Benchmark):
-    """Baichuan-7B ``evaluate_mmlu.py`` (= hendrycks/test ``evaluate.py``)."""
+    """Baichuan-7B ``evaluate_mmlu.py`` (= hendrycks/test ``evaluate.py``). Summary: the four
+    categories and the average, question-weighted as that script computes them
+    (``np.mean(np.concatenate(cors))``)."""
 
     name = "mmlu"
+    data_subdir = "mmlu"
     splits = ("test", "val")
     default_split = "test"
 
@@ -178,10 +227,7 @@ class MMLU(Benchmark):
 
     @staticmethod
     def body(q: Question) -> str:
-        text = q.question
-        for letter, choice in zip(q.letters, q.choices):
-            text += f"\n{letter}. {choice}"
-        return text + "\nAnswer:"
+        return f"{q.question}{_options(q)}\nAnswer:"
 
     def shot(self, q: Question, number: int) -> str:
         return self.body(q) + f" {q.answer}\n\n"
@@ -189,12 +235,21 @@ class MMLU(Benchmark):
     def query(self, q: Question, n_shots: int) -> str:
         return self.body(q)
 
+    def columns(self, answered: Sequence[SubjectResult]) -> Columns:
+        cols = [
+            (column, question_mean(r for r in answered if MMLU_SUBCATEGORIES.get(r.subject) in MMLU_CATEGORIES[key]))
+            for key, column in MMLU_COLUMNS.items()
+        ]
+        return [*cols, ("Average", question_mean(answered))]
+
 
 # -------------------------------------------------------------------------------------- CMMLU
 class CMMLU(Benchmark):
-    """haonan-li/CMMLU ``src/mp_utils.py`` (non-CoT): ``题目：`` examples, ``答案是：`` stem."""
+    """haonan-li/CMMLU ``src/mp_utils.py`` (non-CoT): ``题目：`` examples, ``答案是：`` stem.
+    Summary: mean of subject accuracies per category and overall, as CMMLU's ``get_results``."""
 
     name = "cmmlu"
+    data_subdir = "cmmlu"
     splits = ("test",)
     default_split = "test"
     budget_rule = True
@@ -215,10 +270,7 @@ class CMMLU(Benchmark):
 
     @staticmethod
     def body(q: Question) -> str:
-        text = "题目：" + q.question
-        for letter, choice in zip(q.letters, q.choices):
-            text += f"\n{letter}. {choice}"
-        return text + "\n答案是："
+        return f"题目：{q.question}{_options(q)}\n答案是："
 
     def shot(self, q: Question, number: int) -> str:
         return self.body(q) + f"{q.answer}\n\n"
@@ -242,6 +294,13 @@ class CMMLU(Benchmark):
             lengths = [lengths[i] for i in keep]
         return shots
 
+    def columns(self, answered: Sequence[SubjectResult]) -> Columns:
+        cols = [
+            (key, subject_mean(r for r in answered if set(CMMLU_SUBJECTS[r.subject][1]) & set(members)))
+            for key, members in CMMLU_CATEGORIES.items()
+        ]
+        return [*cols, ("Average", subject_mean(answered))]
+
 
 # ------------------------------------------------------------------------------------ AGIEval
 class AGIEval(Benchmark):
@@ -249,9 +308,11 @@ class AGIEval(Benchmark):
     the official ``few_shot_prompts.csv`` when it sits in the data folder or its parent (as in
     AGIEval's repository, ``data/few_shot_prompts.csv`` beside ``data/v1/``); every item is then
     scored. Without it, as Baichuan did ("随机划分"), each task is split: a seeded shuffle, the
-    first 5 items are the demo pool and the rest are scored."""
+    first 5 items are the demo pool and the rest are scored. Summary: the question-weighted
+    average (plus the per-subject rows every summary has)."""
 
     name = "agieval"
+    data_subdir = "agieval/v1"
     splits = ("test",)
     default_split = "test"
     budget_rule = True
@@ -268,10 +329,7 @@ class AGIEval(Benchmark):
         official = self.official_demos(data_dir)
         if official is not None:
             return SubjectData(subject, read_agieval_demos(official, subject), items)
-        order = datasets_shuffle_order(len(items))
-        shots = [items[i] for i in order[:DEMO_POOL]]
-        questions = [items[i] for i in sorted(order[DEMO_POOL:])]
-        return SubjectData(subject, shots, questions)
+        return _seeded_split(subject, items)
 
     @staticmethod
     def official_demos(data_dir: Path) -> Path | None:
@@ -326,9 +384,11 @@ class Gaokao(Benchmark):
     """GAOKAO-Bench objective single-answer questions in Baichuan's Chinese template (the one of
     ``evaluate_zh.py``). GAOKAO-Bench's own prompts are zero-shot generation instructions, so the
     5-shot layout follows Baichuan ("只保留了其中的单项选择题...统一5-shot"); the options are
-    embedded in GAOKAO-Bench's question text. Demo pool: seeded split, as for AGIEval."""
+    embedded in GAOKAO-Bench's question text. Demo pool: seeded split, as for AGIEval. Summary:
+    the question-weighted average, as for AGIEval."""
 
     name = "gaokao"
+    data_subdir = "gaokao-bench/Objective_Questions"
     splits = ("test",)
     default_split = "test"
 
@@ -351,10 +411,7 @@ class Gaokao(Benchmark):
     def load(self, data_dir: Path, subject: str, split: str) -> SubjectData:
         self._check_split(split)
         items = read_gaokao_json(data_dir / f"{self._file(subject)}.json", subject)
-        order = datasets_shuffle_order(len(items))
-        shots = [items[i] for i in order[:DEMO_POOL]]
-        questions = [items[i] for i in sorted(order[DEMO_POOL:])]
-        return SubjectData(subject, shots, questions)
+        return _seeded_split(subject, items)
 
     def header(self, subject: str) -> str:
         return f"以下是中国关于{self._zh(subject)}考试的单项选择题，请选出其中的正确答案。\n"
@@ -370,22 +427,9 @@ class Gaokao(Benchmark):
         return "\n" + self.example(q, "")
 
 
-BENCHMARKS: dict[str, type[Benchmark]] = {
-    "ceval": CEval,
-    "mmlu": MMLU,
-    "cmmlu": CMMLU,
-    "agieval": AGIEval,
-    "gaokao": Gaokao,
-}
-
-# where each benchmark's files live under a shared data root such as ../shared/eval-data
-DATA_SUBDIRS: dict[str, str] = {
-    "ceval": "ceval",
-    "mmlu": "mmlu",
-    "cmmlu": "cmmlu",
-    "agieval": "agieval/v1",
-    "gaokao": "gaokao-bench/Objective_Questions",
-}
+# the registry, in the order the CLI and the docs list the benchmarks
+BENCHMARKS: dict[str, type[Benchmark]] = {b.name: b for b in (CEval, MMLU, CMMLU, Gaokao, AGIEval)}
+TASKS: tuple[str, ...] = tuple(BENCHMARKS)
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -398,7 +442,7 @@ def get_benchmark(name: str) -> Benchmark:
 def resolve_data_dir(task: str, data_dir: str | Path) -> Path:
     """Accept either the benchmark's own folder or a root holding all of them."""
     root = require_dir(data_dir, f"{task} data")
-    sub = Path(DATA_SUBDIRS[task])
+    sub = Path(get_benchmark(task).data_subdir)
     for candidate in (root / sub, root / sub.name):
         if candidate.is_dir():
             return candidate

@@ -14,8 +14,6 @@ Variants accepted (see ``../shared/eval-data/PROVENANCE.md``):
 
 from __future__ import annotations
 
-from baichuan.errors import BaichuanError
-
 import ast
 import csv
 import json
@@ -23,6 +21,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from baichuan.errors import BaichuanError
 
 LETTERS = "ABCDEFG"
 
@@ -105,6 +105,20 @@ def _check_width(path: Path, line: int, record: Sequence[str], width: int) -> No
         )
 
 
+def _pandas_question(
+    path: Path, line: int, subject: str, qid: str, cells: Sequence[str], allow_index: bool
+) -> Question:
+    """``question, A, B, C, D, answer`` cells as pandas would have read them (MMLU, CMMLU)."""
+    return Question(
+        subject=subject,
+        qid=qid,
+        question=_pandas_cell(cells[0]),
+        choices=tuple(_pandas_cell(c) for c in cells[1:5]),
+        answer=_check_answer(path, line, cells[5], 4, allow_index=allow_index),
+        source=f"{path}:{line}",
+    )
+
+
 # ------------------------------------------------------------------------------------- C-Eval
 def read_ceval_csv(path: Path, subject: str, need_answer: bool) -> list[Question]:
     """``id,question,A,B,C,D[,answer[,explanation]]`` with a header row (the official release)."""
@@ -152,16 +166,7 @@ def read_mmlu_csv(path: Path, subject: str) -> list[Question]:
     out = []
     for i, (line, record) in enumerate(rows):
         _check_width(path, line, record, 6)
-        out.append(
-            Question(
-                subject=subject,
-                qid=str(i),
-                question=_pandas_cell(record[0]),
-                choices=tuple(_pandas_cell(c) for c in record[1:5]),
-                answer=_check_answer(path, line, record[5], 4, allow_index=True),
-                source=f"{path}:{line}",
-            )
-        )
+        out.append(_pandas_question(path, line, subject, str(i), record, allow_index=True))
     return out
 
 
@@ -183,17 +188,8 @@ def read_cmmlu_csv(path: Path, subject: str) -> list[Question]:
     out = []
     for i, (line, record) in enumerate(rows[1:]):
         _check_width(path, line, record, len(header))
-        r = record[offset:]
-        out.append(
-            Question(
-                subject=subject,
-                qid=record[0] if offset else str(i),
-                question=_pandas_cell(r[0]),
-                choices=tuple(_pandas_cell(c) for c in r[1:5]),
-                answer=_check_answer(path, line, r[5], 4, allow_index=False),
-                source=f"{path}:{line}",
-            )
-        )
+        qid = record[0] if offset else str(i)
+        out.append(_pandas_question(path, line, subject, qid, record[offset:], allow_index=False))
     return out
 
 
@@ -251,7 +247,7 @@ def read_agieval_demos(path: Path, subject: str) -> list[Question]:
     if column not in header:
         raise EvalDataError(f"{path}: no column {column!r} in the header")
     col = header.index(column)
-    out = []
+    out: list[Question] = []
     for n, (line, record) in enumerate(rows[1:]):
         if n >= 10:
             break  # upstream reads records 1-10: five demos and their explanations

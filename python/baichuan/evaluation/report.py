@@ -1,13 +1,7 @@
 """Outputs of an evaluation run: per-subject CSV/JSON, the Markdown summary laid out like upstream's
-tables, a bar-chart PNG and, for the C-Eval test split, the submission JSON.
+tables, a bar-chart PNG and, for a benchmark's submission split (C-Eval test), the submission JSON.
 
-Aggregation rules (as upstream computes them):
-
-- C-Eval: every column is the mean of its subjects' accuracies (C-Eval's leaderboard averages
-  subjects); Avg(Hard) over the eight C-Eval Hard subjects.
-- MMLU: question-weighted, as ``evaluate_mmlu.py`` (``np.mean(np.concatenate(cors))``).
-- CMMLU: mean of subject accuracies per category and overall, as CMMLU's ``get_results``.
-- AGIEval, Gaokao: question-weighted average, plus one row per subject.
+The summary columns and how they aggregate belong to each benchmark (``Benchmark.columns``).
 """
 
 from __future__ import annotations
@@ -15,67 +9,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
+from baichuan.evaluation.benchmarks import get_benchmark
 from baichuan.evaluation.data import LETTERS
-from baichuan.evaluation.runner import EvalResult, SubjectResult
-from baichuan.evaluation.subjects import (
-    CEVAL_HARD,
-    CEVAL_SUBJECTS,
-    CMMLU_CATEGORIES,
-    CMMLU_SUBJECTS,
-    MMLU_CATEGORIES,
-    MMLU_COLUMNS,
-    MMLU_SUBCATEGORIES,
-)
-
-
-def _macro(results: Iterable[SubjectResult]) -> float:
-    accs = [r.accuracy for r in results if r.items]
-    return float(np.mean(accs)) if accs else float("nan")
-
-
-def _micro(results: Iterable[SubjectResult]) -> float:
-    cors = [c for r in results for c in r.correct]
-    return float(np.mean(cors)) if cors else float("nan")
+from baichuan.evaluation.results import EvalResult, SubjectResult, question_mean
 
 
 def summary_columns(result: EvalResult) -> list[tuple[str, float]]:
-    """(column, accuracy) pairs in upstream's table order."""
-    subs = [r for r in result.subjects if r.has_answers]
-    if result.task == "ceval":
-        def cat(name: str) -> float:
-            return _macro(r for r in subs if CEVAL_SUBJECTS[r.subject][1] == name)
-
-        return [
-            ("Average", _macro(subs)),
-            ("Avg(Hard)", _macro(r for r in subs if r.subject in CEVAL_HARD)),
-            ("STEM", cat("STEM")),
-            ("Social Sciences", cat("Social Science")),
-            ("Humanities", cat("Humanities")),
-            ("Others", cat("Other")),
-        ]
-    if result.task == "mmlu":
-        cols = []
-        for key in ("humanities", "social sciences", "STEM", "other (business, health, misc.)"):
-            members = MMLU_CATEGORIES[key]
-            cols.append((MMLU_COLUMNS[key], _micro(
-                r for r in subs if MMLU_SUBCATEGORIES.get(r.subject) in members
-            )))
-        cols.append(("Average", _micro(subs)))
-        return cols
-    if result.task == "cmmlu":
-        cols = []
-        for key, members in CMMLU_CATEGORIES.items():
-            cols.append((key, _macro(
-                r for r in subs if set(CMMLU_SUBJECTS[r.subject][1]) & set(members)
-            )))
-        cols.append(("Average", _macro(subs)))
-        return cols
-    return [("Average", _micro(subs))]
+    """(column, accuracy) pairs in upstream's table order, as the run's benchmark defines them."""
+    return get_benchmark(result.task).columns(result.answered)
 
 
 def _pct(x: float) -> str:
@@ -91,11 +35,11 @@ def summary_markdown(result: EvalResult) -> str:
         "|---|" + "---|" * len(cols),
         f"| {result.model_name} | " + " | ".join(_pct(v) for _, v in cols) + " |",
         "",
-        f"{result.questions} questions in {len(result.subjects)} subjects; "
-        f"question-weighted accuracy {_pct(_micro(r for r in result.subjects if r.has_answers))}; "
-        f"{result.seconds:.1f} s ({result.questions / max(result.seconds, 1e-9):.1f} questions/s).",
+        (f"{result.questions} questions in {len(result.subjects)} subjects; "
+         f"question-weighted accuracy {_pct(question_mean(result.answered))}; "
+         f"{result.seconds:.1f} s ({result.questions / max(result.seconds, 1e-9):.1f} questions/s)."),
     ]
-    if not any(r.has_answers for r in result.subjects):
+    if not result.answered:
         lines.append("This split has no answers: submit `submission.json` to the benchmark's site.")
     lines += ["", "| Subject | Questions | Accuracy |", "|---|---|---|"]
     for r in result.subjects:
@@ -146,7 +90,7 @@ def plot(result: EvalResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    subs = [r for r in result.subjects if r.has_answers]
+    subs = result.answered
     cols = summary_columns(result)
     fig_h = max(4.0, 0.18 * len(subs) + 1.5)
     fig, (ax1, ax2) = plt.subplots(
@@ -193,10 +137,10 @@ def write_outputs(result: EvalResult, out: Path) -> dict[str, Path]:
     paths["results"].write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     paths["summary"] = out / "summary.md"
     paths["summary"].write_text(summary_markdown(result), encoding="utf-8")
-    if any(r.has_answers for r in result.subjects):
+    if result.answered:
         paths["plot"] = out / "accuracy.png"
         plot(result, paths["plot"])
-    if result.task == "ceval" and result.split == "test":
+    if result.split == get_benchmark(result.task).submission_split:
         paths["submission"] = out / "submission.json"
         paths["submission"].write_text(
             json.dumps(submission(result), ensure_ascii=False, indent=1), encoding="utf-8"

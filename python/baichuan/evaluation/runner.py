@@ -5,15 +5,16 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from baichuan.evaluation.benchmarks import DATA_SUBDIRS, Benchmark, get_benchmark, resolve_data_dir
+from baichuan.evaluation.benchmarks import Benchmark, get_benchmark, resolve_data_dir
 from baichuan.evaluation.data import LETTERS, EvalDataError, Question, SubjectData
-from baichuan.evaluation.scoring import LetterScorer, ScoreStats, softmax
+from baichuan.evaluation.results import EvalResult, PromptItem, SubjectResult
+from baichuan.evaluation.scoring import LetterScorer, softmax
 
 
 @dataclass
@@ -39,55 +40,6 @@ class EvalConfig:
     backend: str = "auto"  # auto | baichuan | transformers (see backends.load_model)
     limit: int | None = None  # score only the first N questions of each subject (smoke runs)
     progress: bool = True
-
-
-@dataclass
-class PromptItem:
-    question: Question
-    text: str
-    ids: list[int]
-    n_shots: int
-    shot_ids: tuple[str, ...] = ()  # which demonstrations (CMMLU may drop any, not just the last)
-
-
-@dataclass
-class SubjectResult:
-    subject: str
-    items: list[PromptItem]
-    logits: np.ndarray  # (N, n_letters), raw next-token logits of the candidate letters
-    probs: np.ndarray  # softmax over each question's own letters (zeros beyond)
-    preds: list[str]
-
-    @property
-    def answers(self) -> list[str | None]:
-        return [it.question.answer for it in self.items]
-
-    @property
-    def has_answers(self) -> bool:
-        return all(a is not None for a in self.answers)
-
-    @property
-    def correct(self) -> list[bool]:
-        return [p == a for p, a in zip(self.preds, self.answers)]
-
-    @property
-    def accuracy(self) -> float:
-        return float(np.mean(self.correct)) if self.items and self.has_answers else float("nan")
-
-
-@dataclass
-class EvalResult:
-    task: str
-    split: str
-    shot: int
-    model_name: str
-    subjects: list[SubjectResult]
-    seconds: float = 0.0
-    stats: ScoreStats = field(default_factory=ScoreStats)
-
-    @property
-    def questions(self) -> int:
-        return sum(len(s.items) for s in self.subjects)
 
 
 class Encoder:
@@ -178,7 +130,7 @@ def evaluate(
     except EvalDataError as e:
         if data_dir != Path(cfg.data_dir) or not str(e).endswith("directory not found"):
             raise
-        expected = Path(cfg.data_dir) / DATA_SUBDIRS[cfg.task]
+        expected = Path(cfg.data_dir) / bench.data_subdir
         raise EvalDataError(
             f"{cfg.data_dir}: no {cfg.task} data: expected the folder {expected} "
             f"(or --data-dir pointing at the {cfg.task} folder itself, with its {split}/ files)"

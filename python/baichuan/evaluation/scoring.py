@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from baichuan.evaluation.results import ScoreStats
 from baichuan.model import varying_shape_attention
 
 
@@ -105,15 +105,6 @@ def _cache_of(output: Any) -> Any:
         if value is not None:
             return value
     raise ValueError("the model returned no KV cache for use_cache=True")
-
-
-@dataclass
-class ScoreStats:
-    prompts: int = 0
-    prefix_tokens: int = 0
-    suffix_tokens: int = 0
-    padded_tokens: int = 0
-    forwards: int = 0
 
 
 class LetterScorer:

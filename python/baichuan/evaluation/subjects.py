@@ -246,10 +246,6 @@ CMMLU_CATEGORIES: dict[str, tuple[str, ...]] = {
 }
 
 # -------------------------------------------------------------------------------------- AGIEval
-AGIEVAL_ENGLISH_QA: frozenset[str] = frozenset(
-    {"lsat-ar", "lsat-lr", "lsat-rc", "logiqa-en", "sat-math", "sat-en", "aqua-rat",
-     "sat-en-without-passage", "gaokao-english"}
-)
 AGIEVAL_CHINESE_QA: frozenset[str] = frozenset(
     {"logiqa-zh", "jec-qa-kd", "jec-qa-ca", "gaokao-chinese", "gaokao-geography", "gaokao-history",
      "gaokao-biology", "gaokao-chemistry", "gaokao-physics", "gaokao-mathqa"}
