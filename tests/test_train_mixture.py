@@ -128,3 +128,36 @@ def test_validation_loss_is_the_same_on_one_and_two_ranks(corpus: dict[str, Path
     for k in one:
         assert one[k] == pytest.approx(two[k], rel=1e-5, abs=0), k
     assert one["val_loss"] < 10.0  # the trained model, not a fresh one (ln 32000 = 10.37)
+
+
+def test_resume_with_another_number_of_ranks(corpus: dict[str, Path], mixture_run: tuple[Path, str], tmp_path: Path) -> None:
+    """ZeRO-0: a 2-rank checkpoint continues on 1 rank with the same global sequence stream. ZeRO-1/2/3
+    partition the optimizer state by rank, which DeepSpeed cannot re-partition: one line, nothing run."""
+    import json
+    import shutil
+    import zlib
+
+    from baichuan.mixture import open_training_data
+
+    copy = tmp_path / "zero2"
+    shutil.copytree(mixture_run[0], copy)
+    r = run([*args(corpus, copy, procs=1), "--resume"])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"baichuan train: error: cannot resume {copy / 'checkpoints' / f'step-{STEPS}'} with 1 rank(s): it was saved "
+        "by 2 ranks with ZeRO-2, whose optimizer state DeepSpeed cannot re-partition; resume with 2 ranks (a "
+        "mixture's data position itself carries over to any number of ranks; docs/training.md)"
+    )
+    out = tmp_path / "zero0"
+    extra = ("--zero-stage", "0", "--no-tensorboard", "--no-plot")
+    assert run(args(corpus, out, steps=SAVE, extra=extra)).returncode == 0
+    r = run([*args(corpus, out, steps=SAVE + 2, procs=1, extra=extra), "--resume"])
+    assert r.returncode == 0
+    m = metrics(out)
+    state = json.loads((out / "checkpoints" / f"step-{SAVE}" / "trainer_state_rank00000.json").read_text())
+    assert state["data"]["consumed"] == SAVE * 2 * 2  # 4 steps x 2 ranks x micro-batch 2
+    src = open_training_data([f"0.6:{corpus['zh']}", f"0.3:{corpus['en']}", f"0.1:{corpus['code']}"], seq_len=33,
+                             micro_batch=2, rank=0, world_size=1, seed=3, vocab_size=32000, state=state["data"])
+    for s in (SAVE + 1, SAVE + 2):  # one rank now reads global sequences 16, 17, then 18, 19
+        assert m[s]["rank_data_crc32"] == [zlib.crc32(src.next_batch().tobytes(), 0)]
+        assert m[s]["tokens_by_source"] == src.tokens_by_source()

@@ -390,7 +390,10 @@ class MixtureSource:
                 f"mixture {mine}; a data position does not carry over between the two"
             )
         theirs = [(x.get("path"), x.get("weight")) for x in state.get("sources", [])]
-        if [(p, _fraction(w)) for p, w in theirs] != [(s.path, s.weight) for s in self.specs]:
+        if len(theirs) != len(self.specs) or any(
+            _fraction(w) != s.weight or not (p == s.path or same_directory(str(p), s.path))
+            for (p, w), s in zip(theirs, self.specs)
+        ):
             given = " ".join(f"{w}:{p}" for p, w in theirs)
             raise DataError(
                 f"cannot resume: the checkpoint's mixture is {given}, this run's is {mine}; a mixture position is "

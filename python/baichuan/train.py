@@ -344,7 +344,19 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     # Data first: bad input fails before DeepSpeed starts and the model is built.
     rank_state: dict[str, Any] | None = None
     if tag is not None:
-        state_file = ckpt_dir / tag / f"trainer_state_rank{env.rank:05d}.json"
+        first_state = ckpt_dir / tag / "trainer_state_rank00000.json"
+        saved_world = env.world_size
+        if first_state.is_file():
+            saved_world = int(json.loads(first_state.read_text(encoding="utf-8")).get("world_size", env.world_size))
+        if saved_world != env.world_size and zero_stage > 0:
+            raise TrainingError(
+                f"cannot resume {ckpt_dir / tag} with {env.world_size} rank(s): it was saved by {saved_world} ranks with "
+                f"ZeRO-{zero_stage}, whose optimizer state DeepSpeed cannot re-partition; resume with {saved_world} ranks "
+                "(a mixture's data position itself carries over to any number of ranks; docs/training.md)"
+            )
+        # Another number of ranks (ZeRO-0): rank 0's data position is the global one (shards, mixtures).
+        state_rank = env.rank if saved_world == env.world_size else 0
+        state_file = ckpt_dir / tag / f"trainer_state_rank{state_rank:05d}.json"
         if not state_file.is_file():
             raise TrainingError(f"cannot resume from {ckpt_dir / tag}: {state_file.name} is missing (incomplete checkpoint?)")
         rank_state = json.loads(state_file.read_text(encoding="utf-8"))
