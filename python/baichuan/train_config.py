@@ -118,6 +118,11 @@ class TrainConfig:
         """Check every field that needs no file (sizes, rates, names); ValueError names the flag."""
         if not self.data:
             raise ValueError("no training data given (--data: a `baichuan tokenize` output or a directory of text files)")
+        from baichuan.mixture import parse_sources
+
+        parse_sources(self.data, "--data")
+        if self.eval_data is not None:
+            parse_sources(self.eval_data, "--eval-data")
         if not self.output_dir:
             raise ValueError("no output directory given (--output-dir)")
         if self.save_every < 0:
@@ -132,11 +137,6 @@ class TrainConfig:
 
             parse_rope_scaling(self.rope_scaling)
         if self.chunked_ce < 0:
-        from baichuan.mixture import parse_sources
-
-        parse_sources(self.data, "--data")
-        if self.eval_data is not None:
-            parse_sources(self.eval_data, "--eval-data")
             raise ValueError(f"--chunked-ce must be >= 0, got {self.chunked_ce}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
