@@ -68,7 +68,8 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             assert (out / "progress.json").exists() and not (out / "manifest.json").exists()
             r = tokenize(inp, out, "--partition", f"{i}/{N}", "--workers", "1", "--resume")
         else:
-            r = tokenize(inp, out, "--partition", f"{i}/{N}", "--workers", str(i + 1))
+            # (--resume on a fresh directory just starts: what a requeued Slurm task runs)
+            r = tokenize(inp, out, "--partition", f"{i}/{N}", "--workers", str(i + 1), *(["--resume"] if i == 2 else []))
         assert r.returncode == 0, r.stderr
     return {"root": root, "in": inp, "single": root / "single", **{f"p{i}": root / f"part{i}" for i in range(N)}}
 

@@ -981,7 +981,7 @@ fn run_locked<E: Encode>(
             job = then;
         }
         state = Some(s);
-    } else if !cfg.resume && !(our_files(out, &cfg.megatron_prefix)?.is_empty() && holdout_files(out)?.is_empty()) {
+    } else if !cfg.resume && (!our_files(out, &cfg.megatron_prefix)?.is_empty() || !holdout_files(out)?.is_empty()) {
         return Err(Error::Output { path: out.clone(), reason: "already holds shard files; use --resume or --overwrite".into() });
     }
     // Cut back to the checkpoint: drop everything not recorded as complete.
@@ -1751,6 +1751,7 @@ mod tests {
         let mut v: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
             .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
             .collect();
         v.sort();
@@ -1851,6 +1852,120 @@ mod tests {
         // and, finished, it is nothing to do
         run_with(&same, &enc(), "sha", &Progress::default()).unwrap();
         assert_eq!(dir_bytes(&out), dir_bytes(&reference));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn partition_specs_and_ranges() {
+        assert_eq!(parse_partition("0/1").unwrap(), (0, 1));
+        assert_eq!(parse_partition("2/3").unwrap(), (2, 3));
+        for bad in ["3/3", "0/0", "-1/2", "a/b", "1", "1/", "/2", "1/2/3", "+1/2", " 1/2"] {
+            let e = parse_partition(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("--partition {bad}:")), "{e}");
+        }
+        let cover = |sizes: &[u64], n: usize| -> Vec<std::ops::Range<usize>> {
+            let rs: Vec<_> = (0..n).map(|i| partition_range(sizes, i, n)).collect();
+            let mut next = 0;
+            for r in &rs {
+                assert_eq!(r.start, next, "{sizes:?} / {n}: {rs:?}");
+                next = r.end;
+            }
+            assert_eq!(next, sizes.len(), "{sizes:?} / {n}: {rs:?}");
+            rs
+        };
+        assert_eq!(cover(&[10, 10, 10], 3), vec![0..1, 1..2, 2..3]);
+        // by bytes, not by count: one big file is a share of its own
+        assert_eq!(cover(&[5, 5, 5, 5, 20], 2), vec![0..4, 4..5]);
+        // a file is never split: a dominating file leaves a neighbour empty
+        assert_eq!(cover(&[1, 100, 1], 3), vec![0..1, 1..2, 2..3]);
+        assert_eq!(cover(&[100, 1, 1], 3), vec![0..0, 0..1, 1..3]); // (its middle byte is in share 1)
+        assert_eq!(cover(&[0, 0, 0, 0], 2), vec![0..2, 2..4]);
+        assert_eq!(cover(&[7], 4), vec![0..0, 0..0, 0..1, 1..1]);
+        assert_eq!(cover(&[], 2), vec![0..0, 0..0]);
+        let mut x = 12345u64;
+        for n in 1..6 {
+            let sizes: Vec<u64> = (0..40)
+                .map(|_| {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (x >> 33) % 1000
+                })
+                .collect();
+            let rs = cover(&sizes, n);
+            let total: u64 = sizes.iter().sum();
+            for r in rs {
+                let got: u64 = sizes[r].iter().sum();
+                assert!(got <= total / n as u64 + 1000, "{got} of {total} / {n}");
+            }
+        }
+        // the held-out choice: a fixed function of (file key, ordinal)
+        let held: Vec<u64> = (0..100_000).filter(|&i| is_held_out(42, i, 1000)).collect();
+        assert!((60..140).contains(&held.len()), "{}", held.len());
+        assert_eq!(held, (0..100_000).filter(|&i| is_held_out(42, i, 1000)).collect::<Vec<_>>());
+        assert!(!(0..1000).any(|i| is_held_out(42, i, 0)));
+        assert!((0..1000).all(|i| is_held_out(42, i, HOLDOUT_SCALE)));
+    }
+
+    /// `--holdout` with interruptions at many points and `--partition` + merge: byte-identical to
+    /// an uninterrupted single run, in both formats (Megatron: holdout only).
+    #[test]
+    fn holdout_and_partitions() {
+        let root = tmpdir("hold");
+        let inp = root.join("in");
+        make_corpus(&inp);
+        let enc = || ByteEnc { cancel_after: None, seen: AtomicU64::new(0), progress: None };
+        let with = |out: &Path, format: OutputFormat| {
+            let mut c = cfg(&inp, out, 2, format);
+            c.holdout_per_million = 100_000;
+            c.shard_tokens = 1500;
+            c
+        };
+        let tree = |d: &Path| {
+            let mut v = dir_bytes(d);
+            v.retain(|(n, _)| n != LOCK && n != HOLDOUT_DIR);
+            v.extend(dir_bytes(&d.join(HOLDOUT_DIR)).into_iter().map(|(n, b)| (format!("holdout/{n}"), b)));
+            v
+        };
+        for format in [OutputFormat::Baichuan, OutputFormat::Megatron] {
+            let reference = root.join(format!("ref-{format:?}"));
+            let m = run_with(&with(&reference, format), &enc(), "sha", &Progress::default()).unwrap();
+            let c = &m.counts.counts;
+            assert!(c.holdout_documents > 20 && c.holdout_documents * 5 < c.documents, "{c:?}");
+            let held = tree(&reference);
+            assert!(held.iter().filter(|(n, _)| n.starts_with("holdout/shard-")).count() >= 4);
+            for k in [0u64, 37, 700, 1100, 1500, 2150] {
+                let out = root.join(format!("res-{format:?}-{k}"));
+                let p = Progress::default();
+                let cancelling = ByteEnc { cancel_after: Some(k), seen: AtomicU64::new(0), progress: Some(&p) };
+                if run_with(&with(&out, format), &cancelling, "sha", &p).is_ok() {
+                    continue;
+                }
+                let mut c = with(&out, format);
+                c.resume = true;
+                run_with(&c, &enc(), "sha", &Progress::default()).unwrap();
+                assert_eq!(tree(&out), held, "format {format:?} cancel after {k}");
+            }
+        }
+        // 3 partitions, merged: the single run's files
+        let reference = root.join("ref-Baichuan");
+        let parts: Vec<PathBuf> = (0..3)
+            .map(|i| {
+                let out = root.join(format!("part{i}"));
+                let mut c = with(&out, OutputFormat::Baichuan);
+                c.partition = Some(format!("{i}/3"));
+                c.workers = i + 1;
+                run_with(&c, &enc(), "sha", &Progress::default()).unwrap();
+                out
+            })
+            .collect();
+        let merged = root.join("merged");
+        let mc = merge::MergeConfig { inputs: vec![parts[1].clone(), parts[2].clone(), parts[0].clone()], output: merged.clone(), overwrite: false };
+        merge::merge(&mc, &Progress::default()).unwrap();
+        assert_eq!(tree(&merged), tree(&reference));
+        // nothing is written when a partition is missing
+        let mc = merge::MergeConfig { inputs: vec![parts[0].clone(), parts[2].clone()], output: root.join("m2"), overwrite: false };
+        let e = merge::merge(&mc, &Progress::default()).unwrap_err().to_string();
+        assert!(e.contains("partition 1/3 is missing"), "{e}");
+        assert!(!root.join("m2").exists());
         std::fs::remove_dir_all(&root).unwrap();
     }
 

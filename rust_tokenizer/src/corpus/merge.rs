@@ -135,7 +135,7 @@ fn check(cfg: &MergeConfig) -> Result<Vec<Part>> {
                 return Err(refuse(
                     dir,
                     format!(
-                        "partition {spec} was made with another tokenizer ({}, sha256 {}...) than {first} ({}, sha256 {}...)",
+                        "partition {spec} was made with another tokenizer ({}, sha256 {}...) than {first}: {}, sha256 {}...",
                         m.tokenizer.path,
                         short(&m.tokenizer.sha256),
                         p0.m.tokenizer.path,
