@@ -63,6 +63,7 @@ def torch_load_plain(path: Path) -> Any:
 
     import torch
 
+    check_recorded(path, " (not unpickled)")
     with warnings.catch_warnings():  # torch warns about pickle protocols on hostile files
         warnings.simplefilter("ignore")
         try:
@@ -86,6 +87,7 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file on the CPU; a truncated or foreign file is one ``CheckpointError`` line."""
     from safetensors.torch import load_file
 
+    check_recorded(path)
     try:
         return load_file(str(path), device="cpu")
     except OSError:
@@ -280,6 +282,31 @@ def manifest_problems(folder: str | os.PathLike[str], workers: int = 4) -> list[
     ]
     problems += [f"{d / n} was not recorded when the checkpoint was saved" for n in sorted(present - set(files))]
     return problems
+
+
+def check_recorded(path: str | os.PathLike[str], refused: str = "") -> None:
+    """When ``path`` lies in a checkpoint folder with a ``files.sha256.json`` (the folder itself or
+    up to two levels above, as ``step-N/model/model.safetensors``), check its size and sha256 against
+    the record before anything reads it: ``CheckpointError`` naming the file when it changed. Files of
+    folders without a manifest (not written by `baichuan train`) are not checked."""
+    p = Path(path)
+    for d in list(p.parents)[:3]:
+        if (d / MANIFEST_NAME).is_file():
+            break
+    else:
+        return
+    name = p.resolve().relative_to(d.resolve()).as_posix() if p.resolve().is_relative_to(d.resolve()) else None
+    try:
+        files = _read_manifest(d)
+    except CheckpointError:
+        return  # not ours to judge here; --resume refuses an unreadable manifest
+    rec = files.get(name or "")
+    if rec is None:
+        return
+    size = p.stat().st_size
+    if size != rec["size"] or _sha256(p) != rec["sha256"]:
+        what = f"size {size}, recorded {rec['size']}" if size != rec["size"] else f"sha256 differs from {d / MANIFEST_NAME}"
+        raise CheckpointError(f"{p} has changed since the checkpoint was saved ({what}): damaged or replaced; refused{refused}")
 
 
 def verify_manifest(folder: str | os.PathLike[str], workers: int = 4) -> None:

@@ -131,59 +131,166 @@ def launch(
     if hostfile is not None:
         parse_hostfile(hostfile)
     prepare_run_dir(cfg)
-    out = Path(cfg.output_dir)
-    cfg_path = out / "train_config.json"
-    cfg.for_ranks().to_json_file(cfg_path)
-    cmd = deepspeed_command(cfg_path.resolve(), num_procs, hostfile, master_port, launcher_args)
     env = dict(os.environ)
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
-    return _run_group(cmd, env, cfg, grace_s)
+    with _Signals() as received:
+        return _launch_loop(cfg, num_procs, hostfile, master_port, grace_s, launcher_args, env, received)
+
+
+def _launch_loop(
+    cfg: TrainConfig, num_procs: int | None, hostfile: str | os.PathLike[str] | None, master_port: int | None,
+    grace_s: float, launcher_args: Sequence[str], env: dict[str, str], received: list[int],
+) -> int:
+    """Launch; after a failure (not a user's signal, not a rank's clear error) relaunch with
+    ``--resume`` from the newest verified checkpoint, up to ``cfg.max_restarts`` times (module docstring)."""
+    import dataclasses
+
+    from baichuan import faults
+    from baichuan.checkpoint import CheckpointError
+    from baichuan.train import checkpoint_dir
+
+    out = Path(cfg.output_dir)
+    cfg_path = out / "train_config.json"
+    restart: dict | None = None
+    failed_steps: list[int] = []
+    attempt = 0
+    tag_now: str | None = None
+    while True:
+        rank_cfg = cfg.for_ranks()
+        if attempt:
+            tag = tag_now  # verified after the failure, below
+        if cfg.resume and not attempt:
+            try:
+                tag = faults.choose_checkpoint(checkpoint_dir(cfg), lambda line: print(line, file=sys.stderr, flush=True))
+            except CheckpointError as e:
+                print(f"baichuan train: error: {e}", file=sys.stderr, flush=True)
+                return 2
+        if cfg.resume or attempt:
+            rank_cfg = dataclasses.replace(rank_cfg, resume=True, resume_tag=tag, attempt=attempt, restart=restart)
+        rank_cfg.to_json_file(cfg_path)
+        port = master_port or free_port()  # a fresh port per launch: the old one may linger in TIME_WAIT
+        cmd = deepspeed_command(cfg_path.resolve(), num_procs, hostfile, port, launcher_args)
+        status = _run_once(cmd, env, grace_s, received)
+        if received:
+            return _stopped_by_signal(received, cfg)
+        if status == 0:
+            return 0
+        detected = time.time()
+        found = faults.attempt_faults(out, attempt)
+        last_step, last_step_unix = faults.last_logged_step(out)
+        if restart is not None and not any(r.get("restart") == restart["restart"] for r in faults.read_records(out)):
+            faults.append_record(out, {**restart, "first_new_step": None,
+                                       "outcome": "the relaunched job failed before its first step"})
+        if found["error"]:  # the rank printed its one-line error: a relaunch would fail the same way
+            return 2  # (the launcher may report another rank's status: the collective it was in broke)
+        if found["hang"]:
+            ranks = sorted(found["hang"])
+            cause = (f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} hung (watchdog, "
+                     f"stacks in {faults.faults_dir(out)}/hang-attempt{attempt}-rank*.txt)")
+        else:
+            cause = faults.describe_status(status)
+        failed_steps.append(last_step + 1)
+        if attempt >= cfg.max_restarts:
+            if cfg.max_restarts:
+                same = sum(1 for _ in _takewhile_equal(failed_steps))
+                repeat = (f"; the last {same} launches all failed at step {failed_steps[-1]}: the failure repeats"
+                          if same > 1 else "")
+                print(f"baichuan train: error: giving up after {cfg.max_restarts} restart(s): {cause}{repeat}; "
+                      f"see {out / faults.RESTARTS_LOG}; {_interrupted_line(cfg)}", file=sys.stderr, flush=True)
+            return status
+        attempt += 1
+        try:
+            tag_now = faults.choose_checkpoint(checkpoint_dir(cfg), lambda line: print(line, file=sys.stderr, flush=True))
+        except CheckpointError as e:
+            print(f"baichuan train: error: {cause}, and {e}", file=sys.stderr, flush=True)
+            return status
+        ckpt_step = int(tag_now.split("-", 1)[1]) if tag_now and tag_now.startswith("step-") else 0
+        restart = {
+            "restart": attempt, "max_restarts": cfg.max_restarts, "cause": cause, "exit_status": status,
+            "hung_ranks": sorted(found["hang"]), "detected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(detected)),
+            "detected_unix": detected, "last_logged_step": last_step, "last_step_unix": last_step_unix,
+            "resumed_from": tag_now, "checkpoint_step": ckpt_step, "steps_lost": max(0, last_step - ckpt_step),
+        }
+        where = f"{checkpoint_dir(cfg) / tag_now}" if tag_now else "step 0 (no checkpoint yet)"
+        print(f"baichuan train: {cause} after step {last_step}; restart {attempt}/{cfg.max_restarts} from {where} "
+              f"({restart['steps_lost']} step(s) lost)", file=sys.stderr, flush=True)
+
+
+def _takewhile_equal(xs: list[int]):
+    for x in reversed(xs):
+        if x != xs[-1]:
+            return
+        yield x
+
+
+def _interrupted_line(cfg: TrainConfig) -> str:
+    from baichuan.train import _interrupted_line as line
+
+    return line(cfg)
 
 
 # ----------------------------------------------------------------------------- process group
 _SIGNAL_STATUS = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
+class _Signals:
+    """SIGTERM/SIGINT handlers for the whole launch (every relaunch included): the signals received
+    are recorded and forwarded to the running launcher's process group (SIGTERM, then SIGKILL)."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.group: list[int] = []
+        self.old: dict = {}
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        if self.group:
+            _signal_group(self.group[-1], signal.SIGTERM if len(self.received) == 1 else signal.SIGKILL)
+
+    def __enter__(self) -> list[int]:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            self.old = {s: signal.signal(s, self._forward) for s in _SIGNAL_STATUS}
+        _ACTIVE.append(self)
+        return self.received
+
+    def __exit__(self, *exc: object) -> None:
+        _ACTIVE.remove(self)
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+_ACTIVE: list[_Signals] = []
+
+
 def _run_group(cmd: list[str], env: dict[str, str], cfg: TrainConfig, grace_s: float) -> int:
     """Run ``cmd`` in a new session; forward SIGTERM/SIGINT to its whole process group."""
-    received: list[int] = []
-    group: list[int] = []  # the launcher's pid (= its process group id) once started
+    with _Signals() as received:
+        status = _run_once(cmd, env, grace_s, received)
+        return _stopped_by_signal(received, cfg) if received else status
 
-    def forward(signum: int, _frame: object) -> None:
-        received.append(signum)
-        if group:
-            _signal_group(group[0], signal.SIGTERM if len(received) == 1 else signal.SIGKILL)
 
-    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-    old = {s: signal.signal(s, forward) for s in _SIGNAL_STATUS} if main_thread else {}
-    try:
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    except BaseException:
-        for s, h in old.items():
-            signal.signal(s, h)
-        raise
-    group.append(proc.pid)
+def _run_once(cmd: list[str], env: dict[str, str], grace_s: float, received: list[int]) -> int:
+    """One launcher process in a session of its own (inside a ``_Signals`` block); what it leaves
+    behind is stopped when it ends."""
+    sig = next(s for s in _ACTIVE if s.received is received)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    sig.group.append(proc.pid)
     if received:  # a signal came while it was starting
         _signal_group(proc.pid, signal.SIGTERM)
     try:
-        status = proc.wait()
+        return proc.wait()
     finally:
-        try:
-            if received or _group_alive(proc.pid):  # stopped, or the launcher left something behind
-                _stop_group(proc.pid, grace_s)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-    if received:
-        from baichuan.train import _interrupted_line
+        if received or _group_alive(proc.pid):  # stopped, or the launcher left something behind
+            _stop_group(proc.pid, grace_s)
 
-        name = signal.Signals(received[0]).name
-        print(f"baichuan train: stopped by {name}; all ranks ended; {_interrupted_line(cfg)}", file=sys.stderr, flush=True)
-        return _SIGNAL_STATUS[signal.Signals(received[0])]
-    return status
+
+def _stopped_by_signal(received: list[int], cfg: TrainConfig) -> int:
+    name = signal.Signals(received[0]).name
+    print(f"baichuan train: stopped by {name}; all ranks ended; {_interrupted_line(cfg)}", file=sys.stderr, flush=True)
+    return _SIGNAL_STATUS[signal.Signals(received[0])]
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -56,7 +56,7 @@ KINDS: dict[str, OutputKind] = {
     "train": OutputKind(
         "train", "--output-dir",
         ("run.json", "metrics.jsonl", "tensorboard", "loss.png", "checkpoints", "train_config.json",
-         "*.tmp"),
+         "restarts.jsonl", "faults", "*.tmp"),
         "run.json", exclusive=False,
         previous=("run.json", "metrics.jsonl", "checkpoints", "loss.png", "tensorboard"),
     ),

@@ -302,14 +302,10 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     record: dict[str, Any] | None = None
     tag = None
     if cfg.resume:
-        tag = latest_tag(ckpt_dir)
+        tag = _resume_tag(cfg, ckpt_dir, env)
         if tag is None and env.rank == 0:
             print(f"--resume: no checkpoint in {ckpt_dir} yet; starting at step 0", file=sys.stderr, flush=True)
         if tag is not None:
-            if env.local_rank == 0:  # every rank waits for this one in DeepSpeed's start-up collectives
-                from baichuan.checkpoint import verify_manifest
-
-                verify_manifest(ckpt_dir / tag)
             if not run_json.is_file():
                 raise TrainingError(f"cannot resume: {run_json} is missing")
             record = json.loads(run_json.read_text(encoding="utf-8"))
@@ -401,7 +397,10 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     device = torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
     if not cuda and env.rank == 0:
         announce_extension_build()
-    deepspeed.init_distributed(dist_backend=cfg.dist_backend or ("nccl" if cuda else "gloo"))
+    from datetime import timedelta
+
+    deepspeed.init_distributed(dist_backend=cfg.dist_backend or ("nccl" if cuda else "gloo"),
+                               timeout=timedelta(seconds=cfg.collective_timeout))  # --collective-timeout
     import torch.distributed as dist
 
     is_main = env.rank == 0
@@ -474,14 +473,35 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     result = TrainResult(steps=start_step, nonfinite_skipped=nonfinite_total)
     last_saved = start_step if tag is not None else -1
 
+    from baichuan import faults
     from baichuan.checkpoint import write_manifest
 
+    fault = faults.DebugFault(cfg.debug_fault, env.rank, cfg.attempt)
+    watchdog = faults.Watchdog(run_dir, env.rank, cfg.attempt, cfg.hang_timeout).start()
+
     def save(step: int) -> None:
+        with watchdog.paused():  # a save may take minutes; the collective timeout still applies
+            try:
+                _save(step)
+            except OSError as e:  # disk full, I/O error: `latest` still names the previous checkpoint
+                prev = latest_tag(ckpt_dir) if (ckpt_dir / "latest").is_file() else None
+                raise TrainingError(
+                    f"checkpoint {ckpt_dir / step_tag(step)} could not be written on rank {env.rank} "
+                    f"({e.strerror or e}{': ' + str(e.filename) if e.filename else ''}); "
+                    + (f"{ckpt_dir / 'latest'} still names the previous complete checkpoint {ckpt_dir / prev}"
+                       if prev else "no complete checkpoint was written before")
+                ) from None
+            dist.barrier()  # every rank waits for rank 0's manifest and `latest`
+
+    def _save(step: int) -> None:
         nonlocal last_saved
         t = step_tag(step)
         tag_dir = ckpt_dir / t
-        tag_dir.mkdir(parents=True, exist_ok=True)
+        if is_main and tag_dir.is_dir() and (not (ckpt_dir / "latest").is_file() or latest_tag(ckpt_dir) != t):
+            shutil.rmtree(tag_dir)  # left by a save that did not complete (a failure, then a restart)
         dist.barrier()
+        tag_dir.mkdir(parents=True, exist_ok=True)
+        fault.at_save(step, tag_dir)
         state = {
             "step": step,
             "data": source.state_dict(),
@@ -515,11 +535,13 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     fingerprint = 0
     t_last = time.perf_counter()
     vocab = mcfg.vocab_size
+    restart_pending = cfg.restart if is_main else None
     data_name = mixture.first_path(cfg.data)
     last_epochs: dict[str, int] = source.epochs_by_source() if isinstance(source, mixture.MixtureSource) else {}
     engine.train()
     try:
         while step < cfg.steps:
+            fault.at_step_start(step + 1)
             batch = source.next_batch()
             top = int(batch.max())
             if top >= vocab:
@@ -602,12 +624,19 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             result.nonfinite_skipped = nonfinite_total
             log.step(record_line)
             acc_loss, acc_n, fingerprint = 0.0, 0, 0
+            if restart_pending:
+                rec = faults.log_recovered(run_dir, restart_pending, step)
+                log.info(f"restart {rec['restart']}: first new step {step}, {rec['seconds_to_first_step']:.1f} s "
+                         "after the failure was detected")
+                restart_pending = None
             if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
                 save(step)
+            watchdog.step_done(step, dt)
             t_last = time.perf_counter()
         if cfg.save_every and last_saved != step:
             save(step)
     finally:
+        watchdog.stop()
         source.close()
         if eval_set is not None:
             eval_set.close()
@@ -659,6 +688,27 @@ def _init_state(init_from: str, mcfg: Any, zero_stage: int) -> dict[str, Any]:
     from baichuan.hf import load_checkpoint
 
     return load_checkpoint(init_from, config=mcfg)[1]
+
+
+def _resume_tag(cfg: TrainConfig, ckpt_dir: Path, env: DistEnv) -> str | None:
+    """The checkpoint --resume loads. Our launcher verified it already (``cfg.resume_tag``); a
+    one-process run verifies here, falling back to the previous complete checkpoint with a warning
+    (``baichuan.faults.choose_checkpoint``); ranks of another launcher check ``latest`` on local
+    rank 0 (before DeepSpeed's start-up collectives, which the others wait in) and refuse a damaged one."""
+    if cfg.resume_tag:
+        if not (ckpt_dir / cfg.resume_tag).is_dir():
+            raise TrainingError(f"cannot resume: {ckpt_dir / cfg.resume_tag} is missing")
+        return cfg.resume_tag
+    if env.world_size == 1:
+        from baichuan.faults import choose_checkpoint
+
+        return choose_checkpoint(ckpt_dir, lambda line: print(line, file=sys.stderr, flush=True))
+    tag = latest_tag(ckpt_dir)
+    if tag is not None and env.local_rank == 0:
+        from baichuan.checkpoint import verify_manifest
+
+        verify_manifest(ckpt_dir / tag)
+    return tag
 
 
 def _save_rng(path: Path) -> None:
@@ -865,6 +915,10 @@ def run_and_report(cfg: TrainConfig) -> int:
         run_training(cfg)
     except (DataError, TrainingError, FileNotFoundError, ValueError) as e:
         print(f"baichuan train: error: {e}", file=sys.stderr, flush=True)
+        if DistEnv.from_env().world_size > 1 or cfg.attempt or cfg.max_restarts:  # not worth a relaunch
+            from baichuan.faults import note_error
+
+            note_error(Path(cfg.output_dir), cfg.attempt, DistEnv.from_env().rank, f"baichuan train: error: {e}")
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C (or SIGTERM, one process): one line (rank 0), no traceback
         what = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"

@@ -113,6 +113,20 @@ class TrainConfig:
     eval_tokens: int = 1 << 20  # target tokens evaluated each time (the first ones of each source)
     # Testing aid: steps (1-based micro-batch counter) whose loss is replaced by NaN, to exercise the guard.
     inject_nonfinite: list[int] = field(default_factory=list)
+    # Fault tolerance (docs/training.md, "Failures and recovery"). Relaunches after a rank fails
+    # (launcher only, baichuan.launch); the watchdog's limit in seconds without a completed step
+    # (None: 10x the median step time, at least HANG_FLOOR_S; 0: off); the process group's timeout.
+    max_restarts: int = 0
+    hang_timeout: float | None = None
+    collective_timeout: float = 1800.0
+    # Testing aid (hidden --debug-fault): "kill|stall|write-error:RANK:STEP[:ATTEMPTS]" makes rank RANK
+    # SIGKILL itself / sleep / fail to write its checkpoint at step STEP, in the first ATTEMPTS launches.
+    debug_fault: str | None = None
+    # Set by the launcher for the ranks of one launch, never taken from --config: the checkpoint it
+    # verified for --resume, the launch number (0 = first) and the restart being recovered from.
+    resume_tag: str | None = None
+    attempt: int = 0
+    restart: dict[str, Any] | None = None
 
     def validate(self) -> None:
         """Check every field that needs no file (sizes, rates, names); ValueError names the flag."""
@@ -153,6 +167,12 @@ class TrainConfig:
         _check_number("grad_clip", self.grad_clip, low=0.0)
         if self.overwrite and self.resume:
             raise ValueError("--overwrite and --resume contradict each other; pass one of them")
+        if self.max_restarts < 0:
+            raise ValueError(f"--max-restarts must be >= 0, got {self.max_restarts}")
+        _check_number("hang_timeout", self.hang_timeout, low=0.0)
+        _check_number("collective_timeout", self.collective_timeout, low=0.0, low_open=True)
+        if self.debug_fault is not None:
+            parse_debug_fault(self.debug_fault)
 
     def inputs(self) -> list[str]:
         """The files and folders the run reads (``--overwrite`` never deletes one of them)."""
@@ -168,6 +188,11 @@ class TrainConfig:
     def for_ranks(self) -> TrainConfig:
         """The config the launched ranks get: the run directory is prepared already (no overwrite)."""
         return dataclasses.replace(self, overwrite=False)
+
+    def without_launch_state(self) -> TrainConfig:
+        """This config without the fields one launch sets for its ranks (a run's train_config.json
+        read back with --config starts a new launch)."""
+        return dataclasses.replace(self, resume_tag=None, attempt=0, restart=None)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -196,6 +221,24 @@ class TrainConfig:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+DEBUG_FAULTS = ("kill", "stall", "write-error")
+
+
+def parse_debug_fault(text: str) -> tuple[str, int, int, int | None]:
+    """``KIND:RANK:STEP[:ATTEMPTS]`` -> (kind, rank, step, attempts or None = every launch)."""
+    parts = text.split(":")
+    try:
+        if len(parts) not in (3, 4) or parts[0] not in DEBUG_FAULTS:
+            raise ValueError
+        rank, step = int(parts[1]), int(parts[2])
+        attempts = int(parts[3]) if len(parts) == 4 else None
+        if rank < 0 or step <= 0 or (attempts is not None and attempts <= 0):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--debug-fault: expected {'|'.join(DEBUG_FAULTS)}:RANK:STEP[:ATTEMPTS], got {text!r}") from None
+    return parts[0], rank, step, attempts
 
 
 def _check_number(name: str, v: float | None, low: float, high: float | None = None, low_open: bool = False) -> None:

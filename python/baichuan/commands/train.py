@@ -101,6 +101,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lg.add_argument("--hostfile", help="start ranks on the hosts of this DeepSpeed hostfile")
     lg.add_argument("--master-port", type=int)
     lg.add_argument("--launcher-args", default="", help=argparse.SUPPRESS)  # scripts/train.sh: DS_LAUNCH_ARGS
+    f = p.add_argument_group("failures (docs/training.md, Failures and recovery)")
+    f.add_argument("--max-restarts", type=int,
+                   help="when a rank fails or hangs, stop every rank and relaunch with --resume from the newest "
+                        "verified checkpoint, up to N times (a one-process run goes through the launcher) [0]")
+    f.add_argument("--hang-timeout", type=float, metavar="SECONDS",
+                   help="abort (dumping every rank's Python stacks into OUTPUT/faults/) when no step completes for "
+                        "this long; 0 = off [10x the median step time, at least 300 s]")
+    f.add_argument("--collective-timeout", type=float, metavar="SECONDS",
+                   help="timeout of the process group's collectives (gloo/NCCL) [1800]")
+    f.add_argument("--debug-fault", help=argparse.SUPPRESS)  # tests: KIND:RANK:STEP[:ATTEMPTS]
     lg.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
 
 
@@ -122,11 +132,15 @@ _FIELDS = {
 def config_from_args(args: argparse.Namespace):
     from baichuan.train_config import TrainConfig
 
-    cfg = TrainConfig.from_json_file(args.config) if args.config else TrainConfig()
+    cfg = TrainConfig.from_json_file(args.config).without_launch_state() if args.config else TrainConfig()
     for arg, name in _FIELDS.items():
         v = getattr(args, arg, None)
         if v is not None:
             setattr(cfg, name, v)
+    for name in ("data", "eval_data"):  # one entry stays a plain path (today's meaning)
+        v = getattr(args, name, None)
+        if v is not None:
+            setattr(cfg, name, v[0] if len(v) == 1 else list(v))
     if args.model_override:
         cfg.model_overrides = {**cfg.model_overrides, **dict(args.model_override)}
     if args.no_tensorboard:
@@ -135,12 +149,11 @@ def config_from_args(args: argparse.Namespace):
         cfg.plot = False
     if args.no_progress:
         cfg.progress = False
+    for name in ("max_restarts", "hang_timeout", "collective_timeout", "debug_fault"):
+        if getattr(args, name, None) is not None:
+            setattr(cfg, name, getattr(args, name))
     return cfg
 
-    for name in ("data", "eval_data"):  # one entry stays a plain path (today's meaning)
-        v = getattr(args, name, None)
-        if v is not None:
-            setattr(cfg, name, v[0] if len(v) == 1 else list(v))
 
 def run(args: argparse.Namespace) -> int:
     """Everything that can be checked is checked here, in this process, before DeepSpeed starts:
@@ -160,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
                 parse_hostfile(args.hostfile)
             preflight(cfg)
-            if args.num_procs or args.hostfile:
+            if args.num_procs or args.hostfile or cfg.max_restarts:  # restarts need the launcher
                 from baichuan.launch import launch
 
                 import shlex
