@@ -19,11 +19,18 @@ ce_chunk=N)`` (what ``baichuan train`` uses; no fp32 logits for all 64000 classe
 AdamW, plain loss: the recipe of the anchors' "plain loop"), separating DeepSpeed's overhead from the
 model's kernels.
 
+``--data single|mixture`` reads the batches from token shards instead of random ids: ``single`` one
+shard directory (``baichuan.data.ShardSource``), ``mixture`` three with weights 0.7/0.2/0.1
+(``baichuan.mixture.MixtureSource``), synthetic shards written to a temporary folder first. The
+table then gives the data time per step (reading the micro-batch and moving it to the device,
+median inside the timed loop) and the same for 500 batches read alone (``data-only``).
+
 Each configuration runs in its own child process (clean GPU memory, fresh DeepSpeed state)::
 
     python scripts/bench_train.py                       # GPU: all backends x {chunked, plain}
     python scripts/bench_train.py --backends sdpa --loss chunked --steps 20
     python scripts/bench_train.py --cpu-smoke           # tiny config on the CPU, checks the script runs
+    python scripts/bench_train.py --cpu-smoke --backends sdpa --loss chunked --data single,mixture
 
 On a GPU machine without internet, install the wheels prepared by ../shared/gpu/prepare-wheels.sh
 first (deepspeed, xformers); the script needs only torch, deepspeed and this package.
@@ -67,6 +74,54 @@ class _PlainEngine:
         torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+
+
+MIXTURE = ("0.7", "0.2", "0.1")
+
+
+def write_synthetic_shards(root: str, vocab: int, tokens: int) -> list[str]:
+    """Three shard directories in the documented format (docs/formats.md), random documents."""
+    import hashlib
+
+    import numpy as np
+
+    tok = os.path.join(root, "tokenizer.model")
+    with open(tok, "wb") as f:
+        f.write(b"bench_train.py synthetic tokenizer (hashed only)")
+    sha = hashlib.sha256(open(tok, "rb").read()).hexdigest()
+    dtype = "uint16" if vocab <= 1 << 16 else "uint32"
+    dirs = []
+    for i in range(len(MIXTURE)):
+        d = os.path.join(root, f"source{i}")
+        os.makedirs(d)
+        rng = np.random.default_rng(i)
+        data = rng.integers(3, vocab, tokens).astype(dtype)
+        ends = np.sort(rng.choice(np.arange(1, tokens), tokens // 500, replace=False))
+        data[ends - 1] = 2  # documents of ~500 tokens ending with EOS
+        offsets = np.concatenate([[0], ends, [tokens]]).astype("<u8")
+        data.astype(np.dtype(dtype).newbyteorder("<")).tofile(os.path.join(d, "shard-00000.bin"))
+        offsets.tofile(os.path.join(d, "shard-00000.idx"))
+        manifest = {
+            "format": "baichuan-shards", "version": 1, "dtype": dtype,
+            "tokenizer": {"sha256": sha, "vocab_size": vocab, "eos_id": 2},
+            "shards": [{"bin": "shard-00000.bin", "idx": "shard-00000.idx", "documents": len(offsets) - 1, "tokens": tokens}],
+        }
+        with open(os.path.join(d, "manifest.json"), "w", encoding="utf-8") as f:
+            json.dump(manifest, f)
+        dirs.append(d)
+    return dirs
+
+
+def open_data(args: argparse.Namespace, vocab: int):
+    """The batch source of --data single|mixture (None for random ids)."""
+    if args.data == "random":
+        return None
+    from baichuan.mixture import open_training_data
+
+    dirs = args.data_dirs.split(",")
+    spec = dirs[0] if args.data == "single" else [f"{w}:{d}" for w, d in zip(MIXTURE, dirs)]
+    return open_training_data(spec, seq_len=args.seq + 1, micro_batch=args.micro_batch, rank=0, world_size=1,
+                              seed=1234, vocab_size=vocab)
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -119,14 +174,22 @@ def child(args: argparse.Namespace) -> dict:
     seq = args.seq
     g = torch.Generator(device="cpu").manual_seed(0)
     batches = [torch.randint(0, mcfg.vocab_size, (args.micro_batch, seq + 1), generator=g) for _ in range(4)]
+    source = open_data(args, mcfg.vocab_size)
     chunk = args.chunk if args.loss == "chunked" else 0
-    times, losses = [], []
+    times, losses, data_times = [], [], []
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     for i in range(args.warmup + args.steps):
-        x = batches[i % len(batches)].to(device, non_blocking=True)
+        td = time.perf_counter()
+        if source is not None:  # what `baichuan train` does per micro-batch
+            b = torch.from_numpy(source.next_batch())
+            x = b.pin_memory().to(device, non_blocking=True) if cuda else b
+        else:
+            x = batches[i % len(batches)].to(device, non_blocking=True)
         if cuda:
             torch.cuda.synchronize()
+        if i >= args.warmup:
+            data_times.append(time.perf_counter() - td)
         t0 = time.perf_counter()
         loss = engine(x[:, :-1], labels=x, ce_chunk=chunk).loss
         engine.backward(loss)
@@ -138,6 +201,13 @@ def child(args: argparse.Namespace) -> dict:
         if i >= args.warmup:
             times.append(dt)
     step = statistics.median(times)
+    data_only = None
+    if source is not None:  # the reader alone, long enough to be stable
+        t0 = time.perf_counter()
+        for _ in range(500):
+            source.next_batch()
+        data_only = (time.perf_counter() - t0) / 500
+        source.close()
     tps = args.micro_batch * seq / step
     tflops = flops_per_token(mcfg, seq) * tps / 1e12
     return {
@@ -153,6 +223,9 @@ def child(args: argparse.Namespace) -> dict:
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "data": args.data,
+        "data_ms": statistics.median(data_times) * 1e3,
+        "data_only_ms": data_only * 1e3 if data_only is not None else None,
     }
 
 
@@ -172,11 +245,16 @@ def main() -> int:
     p.add_argument("--compile", action="store_true", help="engine.compile() (torch.compile) before timing")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny config on the CPU: checks the script, times nothing useful")
     p.add_argument("--cpu-bf16", action="store_true", help="with --cpu-smoke: bf16 like the GPU run")
+    p.add_argument("--data", default="random",
+                   help="comma list of random,single,mixture: batches from random ids, one shard directory or a "
+                        "0.7/0.2/0.1 mixture of three (synthetic shards) [random]")
+    p.add_argument("--data-tokens", type=int, default=4_000_000, help="tokens per synthetic shard directory")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--backend", help=argparse.SUPPRESS)
     p.add_argument("--engine", default="deepspeed", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=29517, help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--data-dirs", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cpu_smoke:
         args.seq = min(args.seq, 128)
@@ -198,35 +276,51 @@ def main() -> int:
         args.backends = "sdpa,xformers" if gpu else "sdpa,eager"
     rows = []
     # The plain loop reproduces the anchors' recipe (bf16 autocast, plain loss) only.
-    combos = [(e, b, l) for e in args.engines.split(",") for b in args.backends.split(",") for l in args.loss.split(",")
-              if e == "deepspeed" or l == "plain"]
-    for i, (engine, backend, loss) in enumerate(combos):
+    combos = [(e, b, l, d) for d in args.data.split(",") for e in args.engines.split(",") for b in args.backends.split(",")
+              for l in args.loss.split(",") if e == "deepspeed" or l == "plain"]
+    data_dirs = ""
+    if any(d != "random" for d in args.data.split(",")):
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="bench_train_data_")
+        vocab = 1000 if args.cpu_smoke else 64000
+        data_dirs = ",".join(write_synthetic_shards(tmp, vocab, args.data_tokens))
+    for i, (engine, backend, loss, data) in enumerate(combos):
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--engine", engine, "--backend", backend,
-               "--loss", loss, "--port", str(args.port + i)]
+               "--loss", loss, "--port", str(args.port + i), "--data", data]
+        if data != "random":
+            cmd += ["--data-dirs", data_dirs]
         for name in ("layers", "seq", "micro_batch", "steps", "warmup", "zero", "chunk"):
             cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
         for flag in ("activation_checkpointing", "compile", "cpu_smoke", "cpu_bf16"):
             if getattr(args, flag):
                 cmd.append(f"--{flag.replace('_', '-')}")
-        print(f"== {engine} / {backend} / {loss} loss", file=sys.stderr, flush=True)
+        print(f"== {engine} / {backend} / {loss} loss / {data} data", file=sys.stderr, flush=True)
         r = subprocess.run(cmd, capture_output=True, text=True)
         line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
         if r.returncode != 0 or line is None:
             tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-            rows.append({"engine": engine, "backend": backend, "loss_path": loss, "error": " | ".join(tail)})
+            rows.append({"engine": engine, "backend": backend, "loss_path": loss, "data": data, "error": " | ".join(tail)})
             continue
         rows.append(json.loads(line[len("RESULT "):]))
+    if data_dirs:
+        import shutil
+
+        shutil.rmtree(os.path.dirname(data_dirs.split(",")[0]), ignore_errors=True)
     dev = next((r["device"] for r in rows if "device" in r), "?")
     shape = "tiny CPU smoke config" if args.cpu_smoke else f"{args.layers}-layer Baichuan-7B slice"
     print(f"\n{shape}, seq {args.seq}, micro-batch {args.micro_batch}, ZeRO-{args.zero} (deepspeed rows), "
           f"MFU against {PEAK / 1e12:.1f} TFLOP/s, device: {dev}")
-    print(f"{'engine':<10} {'backend':<10} {'loss':<8} {'tokens/s':>10} {'TFLOPS':>8} {'MFU':>7} {'step s':>8} {'peak GiB':>9} {'loss0->N':>16}")
+    print(f"{'engine':<10} {'backend':<10} {'loss':<8} {'data':<8} {'tokens/s':>10} {'TFLOPS':>8} {'MFU':>7} {'step s':>8} "
+          f"{'data ms':>8} {'data-only ms':>12} {'peak GiB':>9} {'loss0->N':>16}")
     for r in rows:
         if "error" in r:
-            print(f"{r['engine']:<10} {r['backend']:<10} {r['loss_path']:<8} failed: {r['error']}")
+            print(f"{r['engine']:<10} {r['backend']:<10} {r['loss_path']:<8} {r['data']:<8} failed: {r['error']}")
             continue
-        print(f"{r['engine']:<10} {r['backend']:<10} {r['loss_path']:<8} {r['tokens_per_s']:>10.0f} {r['tflops']:>8.1f} {r['mfu']:>7.1%} "
-              f"{r['step_s']:>8.3f} {r['peak_mem_gib']:>9.1f} {r['first_loss']:>7.3f}->{r['last_loss']:.3f}")
+        only = f"{r['data_only_ms']:>12.3f}" if r["data_only_ms"] is not None else f"{'-':>12}"
+        print(f"{r['engine']:<10} {r['backend']:<10} {r['loss_path']:<8} {r['data']:<8} {r['tokens_per_s']:>10.0f} "
+              f"{r['tflops']:>8.1f} {r['mfu']:>7.1%} {r['step_s']:>8.3f} {r['data_ms']:>8.3f} {only} "
+              f"{r['peak_mem_gib']:>9.1f} {r['first_loss']:>7.3f}->{r['last_loss']:.3f}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=2)
