@@ -140,8 +140,13 @@ def _band(row: np.ndarray) -> int:
 
 def test_realised_token_share_and_tokens_by_source(three: list[Path]) -> None:
     src = mixture(three, ["0.7", "0.2", "0.1"], micro_batch=4)
-    rows = np.concatenate([src.next_batch() for _ in range(250)])  # 1000 sequences
+    batches, named = [], []
+    for _ in range(250):  # 1000 sequences
+        batches.append(src.next_batch())
+        named += [s + 1 for s in src.last_sources]  # the rows' sources (named in a bad-token error)
+    rows = np.concatenate(batches)
     bands = np.array([_band(r) for r in rows])
+    assert bands.tolist() == named
     share = np.bincount(bands, minlength=4)[1:] / len(bands)
     assert np.abs(share - [0.7, 0.2, 0.1]).max() <= 0.01, share
     tokens = src.tokens_by_source()

@@ -545,7 +545,10 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
             batch = source.next_batch()
             top = int(batch.max())
             if top >= vocab:
-                raise data_mod.DataError(f"{cfg.data}: token id {top} is outside the model's vocabulary ({vocab})")
+                where = cfg.data
+                if isinstance(source, mixture.MixtureSource):  # name the source of the offending row
+                    where = source.names[source.last_sources[int(batch.max(axis=1).argmax())]]
+                raise data_mod.DataError(f"{where}: token id {top} is outside the model's vocabulary ({vocab})")
             fingerprint = zlib.crc32(batch.tobytes(), fingerprint)
             x = torch.from_numpy(batch)
             x = x.pin_memory().to(device, non_blocking=True) if cuda else x
