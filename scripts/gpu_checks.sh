@@ -5,6 +5,7 @@
 #   bash scripts/gpu_checks.sh env model train          # issue 4's agreement check, issue 5's MFU bench
 #   bash scripts/gpu_checks.sh eval gen tok e2e         # issue 6's eval bench, decoding, tokenizer threads, CLI train
 #   bash scripts/gpu_checks.sh long                     # issue 14's long-context memory table
+#   bash scripts/gpu_checks.sh ckpt                     # issue 13's checkpoint save/verify cost
 #
 # Stages:
 #   env    nvidia-smi, python/torch/deepspeed/xformers versions
@@ -19,6 +20,9 @@
 #   long   scripts/bench_long_context.py: peak GPU memory of one training micro-batch (fwd + chunked CE +
 #          bwd, batch 1, bf16, sdpa, yarn:8 over a 4096 window) and of a prefill, 8-layer 7B slice at
 #          4k/8k/16k/32k, without and with activation checkpointing (docs/model.md, long context)
+#   ckpt   scripts/bench_checkpoint.py: save time (DeepSpeed files, model/ folder, sha256 manifest), verify
+#          time and size of one checkpoint of the 8-layer 7B slice (bf16, ZeRO-2, 1 GPU; ~35 GB written
+#          to /tmp/bc-ckpt and deleted after each repeat)
 #
 # The evaluation data and Baichuan-7B's tokenizer are read from ../shared (SHARED=... to change);
 # on an offline machine install the wheels of ../shared/gpu/prepare-wheels.sh first.
@@ -82,8 +86,11 @@ for s in "${@:-env model train eval gen tok e2e}"; do
         stage long 200 "$PY" scripts/bench_long_context.py --device cuda --preset 7b --layers 8 --dtype bf16 \
             --lengths 4096,8192,16384,32768 --rope-scaling yarn:8 --modes train --activation-checkpointing \
             --timeout 100 --json "$OUT/long_context_ckpt.json" ;;
+    ckpt)
+        stage ckpt 400 "$PY" scripts/bench_checkpoint.py --model 7b --layers 8 --precision bf16 --seq 512 \
+            --repeats 2 --out /tmp/bc-ckpt ;;
     *)
-        echo "gpu_checks.sh: unknown stage $s (env model train eval gen tok e2e long)" >&2; exit 2 ;;
+        echo "gpu_checks.sh: unknown stage $s (env model train eval gen tok e2e long ckpt)" >&2; exit 2 ;;
     esac
   done
 done

@@ -7,6 +7,9 @@
 # HOSTFILE (default config/hostfile), DS_CONFIG (default config/deepspeed.json) and PYTHON (default
 # python3) may be set in the environment; extra DeepSpeed launcher flags go in DS_LAUNCH_ARGS
 # (e.g. DS_LAUNCH_ARGS="--force_multi" for pdsh across hosts, or "--include localhost:0,1").
+# Fault tolerance (docs/training.md, Failures and recovery): add e.g. `--max-restarts 3` to relaunch
+# every rank from the newest verified checkpoint when one fails or hangs; run this script on the
+# first node, with --output-dir on a filesystem shared by every host.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"   # paths in "$@" stay relative to the caller's directory
 HOSTFILE="${HOSTFILE:-$ROOT/config/hostfile}"
