@@ -30,7 +30,7 @@ OPTS = ("--shard-size", "3000", "--holdout", "0.05", "--quiet")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "baichuan", *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "baichuan", *args], capture_output=True, text=True, timeout=180, check=False)
 
 
 def tokenize(inp: Path, out: Path, *extra: str, model: Path = MODEL) -> subprocess.CompletedProcess[str]:

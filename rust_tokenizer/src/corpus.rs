@@ -524,6 +524,7 @@ fn option_flag(key: &str) -> String {
         "strip" => "--no-strip".into(),
         "shard_tokens" => "--shard-size".into(),
         "invalid_utf8" => "--invalid-utf8".into(),
+        "holdout_per_million" => "--holdout (per million)".into(),
         k => format!("--{}", k.replace('_', "-")),
     }
 }
@@ -1961,6 +1962,21 @@ mod tests {
         let mc = merge::MergeConfig { inputs: vec![parts[1].clone(), parts[2].clone(), parts[0].clone()], output: merged.clone(), overwrite: false };
         merge::merge(&mc, &Progress::default()).unwrap();
         assert_eq!(tree(&merged), tree(&reference));
+        // more partitions than files: empty partitions write an empty manifest, and merge fine
+        let parts10: Vec<PathBuf> = (0..10)
+            .map(|i| {
+                let out = root.join(format!("ten{i}"));
+                let mut c = with(&out, OutputFormat::Baichuan);
+                c.partition = Some(format!("{i}/10"));
+                let m = run_with(&c, &enc(), "sha", &Progress::default()).unwrap();
+                assert_eq!(m.partition.as_ref().map(|p| p.total_files), Some(8));
+                out
+            })
+            .collect();
+        assert!(parts10.iter().any(|p| std::fs::read_to_string(p.join(MANIFEST)).unwrap().contains("\"inputs\": []")));
+        let m10 = root.join("merged10");
+        merge::merge(&merge::MergeConfig { inputs: parts10, output: m10.clone(), overwrite: false }, &Progress::default()).unwrap();
+        assert_eq!(tree(&m10), tree(&reference));
         // nothing is written when a partition is missing
         let mc = merge::MergeConfig { inputs: vec![parts[0].clone(), parts[2].clone()], output: root.join("m2"), overwrite: false };
         let e = merge::merge(&mc, &Progress::default()).unwrap_err().to_string();

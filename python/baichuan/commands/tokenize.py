@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         print("baichuan tokenize: --min-tokens must be >= 0", file=sys.stderr)
         return 2
     if args.partition is not None:
-        from baichuan._tokenizer import parse_partition
+        from baichuan._tokenizer import parse_partition  # type: ignore[attr-defined]
 
         try:
             parse_partition(args.partition)
