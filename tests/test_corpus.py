@@ -445,3 +445,24 @@ def test_progress_counters_and_line(corpus: Path, tmp_path: Path) -> None:
         job.start()
     with pytest.raises(CorpusError, match="unknown field"):
         _tokenizer.CorpusJob('{"tokenizer": "t", "inputs": ["x"], "output": "o", "bogus": 1}')
+
+
+def test_plain_output_has_no_partition_or_holdout(reference) -> None:
+    ref_out, m = reference
+    assert "partition" not in m and "holdout" not in m and "partition" not in m["options"]
+    assert not any("holdout" in k for k in m["counts"]) and not (ref_out / "holdout").exists()
+
+
+def test_partitions_of_mixed_inputs_merge_to_the_reference(corpus: Path, reference, tmp_path: Path) -> None:
+    """gzip, zstd, invalid UTF-8, an empty file: 4 byte-balanced partitions, merged, are the
+    single run byte for byte (tests/test_partition_merge.py tests the command line)."""
+    from baichuan.corpus import run_merge
+
+    ref_out, _ = reference
+    parts = [tmp_path / f"p{i}" for i in range(4)]
+    for i, p in enumerate(parts):
+        m = run_tokenize(cfg(corpus, p, partition=f"{i}/4"), progress=False)
+        assert m["partition"]["index"] == i and m["partition"]["count"] == 4
+    run_merge(parts[::-1], tmp_path / "merged", progress=False)
+    want = {k: v for k, v in read_dir(ref_out).items() if k != ".tokenize.lock"}
+    assert read_dir(tmp_path / "merged") == want
