@@ -161,3 +161,14 @@ def test_resume_with_another_number_of_ranks(corpus: dict[str, Path], mixture_ru
     for s in (SAVE + 1, SAVE + 2):  # one rank now reads global sequences 16, 17, then 18, 19
         assert m[s]["rank_data_crc32"] == [zlib.crc32(src.next_batch().tobytes(), 0)]
         assert m[s]["tokens_by_source"] == src.tokens_by_source()
+
+
+def test_validation_under_zero3(corpus: dict[str, Path], tmp_path: Path) -> None:
+    """ZeRO-3 gathers parameters in every forward: both ranks run the same number of evaluation
+    forwards although 7 held-out sequences split 4 + 3 (and 2 + 2 / 2 + 1 per source)."""
+    out = tmp_path / "zero3"
+    r = run(args(corpus, out, steps=2, extra=("--zero-stage", "3", "--eval-every", "1", "--no-tensorboard", "--no-plot")),
+            timeout=240)
+    assert r.returncode == 0
+    m = metrics(out)
+    assert all(math.isfinite(m[s]["val_loss"]) and len([k for k in m[s] if k.startswith("val_loss")]) == 3 for s in (1, 2))

@@ -22,6 +22,9 @@ back to the constructor, continues with exactly the next batch (this is what che
    in memory. Unlike upstream, the remainder of a file is carried into the next sequence instead
    of being thrown away. After the last file the rank starts its files again (next epoch). The
    position is ``(epoch, file, byte offset of a line, tokens of that line already used)``.
+
+A weighted mixture of shard directories (``--data 0.7:a/ 0.3:b/``) and the held-out sequences of
+validation are in :mod:`baichuan.mixture`, built on :class:`ShardSource`'s window reader.
 """
 
 from __future__ import annotations
