@@ -5,7 +5,10 @@ on real text tokenized with Llama-2's tokenizer:
   and a source's epoch rollover, and ``val_loss`` / ``val_loss/<source>`` at the evaluation steps
   (metrics.jsonl, TensorBoard, one PNG with both curves);
 * SIGKILL after a checkpoint + ``--resume`` gives the identical loss (and validation loss) sequence;
-* the validation loss of the same weights is the same on 1 rank and on 2 ranks.
+* the validation loss of the same weights is the same on 1 rank and on 2 ranks;
+* --resume with another number of ranks: ZeRO-0 continues the same global sequence stream, ZeRO-2
+  is refused in one line (DeepSpeed cannot re-partition its optimizer state);
+* validation under ZeRO-3 with an uneven split across ranks.
 
 The pure parts (schedule, positions, bad input) are in tests/test_mixture.py.
 """
