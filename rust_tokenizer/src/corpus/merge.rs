@@ -6,7 +6,7 @@
 //!
 //! Every partition is checked before anything is written: all N present once, made from the same
 //! input list, tokenizer and options. The shards are copied document by document (memory: one
-//! document and one shard index), their sha256 checked against the partition's manifest.
+//! document at a time), their sha256 checked against the partition's manifest.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -249,20 +249,27 @@ fn copy_shards(sources: &[(PathBuf, &ShardEntry)], out: &Path, m: &Manifest, lim
     let mut cur: Option<ShardWriter> = None;
     let mut buf: Vec<u8> = Vec::new();
     for (dir, sh) in sources {
+        // Both files streamed (the index too: a shard of short documents has a large one).
         let idx_p = safe_member(dir, &sh.idx)?;
-        let idx_bytes = std::fs::read(&idx_p).map_err(io_err(&idx_p))?;
-        if hex(&Sha256::digest(&idx_bytes)) != sh.idx_sha256 {
-            return Err(refuse(&idx_p, "its sha256 differs from its manifest's (damaged partition)".into()));
-        }
-        let offs: Vec<u64> = idx_bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        let mut ri = BufReader::with_capacity(1 << 16, File::open(&idx_p).map_err(io_err(&idx_p))?);
+        let mut hi = Sha256::new();
+        let mut next_off = || -> Result<u64> {
+            let mut b = [0u8; 8];
+            ri.read_exact(&mut b).map_err(io_err(&idx_p))?;
+            hi.update(b);
+            Ok(u64::from_le_bytes(b))
+        };
+        let mut prev = next_off()?;
         let bin_p = safe_member(dir, &sh.bin)?;
         let mut r = BufReader::with_capacity(1 << 20, File::open(&bin_p).map_err(io_err(&bin_p))?);
         let mut h = Sha256::new();
-        for w in offs.windows(2) {
+        for _ in 0..sh.documents {
             if progress.cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            let ntok = w[1].checked_sub(w[0]).ok_or_else(|| refuse(&idx_p, "offsets decrease (damaged partition)".into()))?;
+            let off = next_off()?;
+            let ntok = off.checked_sub(prev).ok_or_else(|| refuse(&idx_p, "offsets decrease (damaged partition)".into()))?;
+            prev = off;
             buf.resize((ntok * itemsize) as usize, 0);
             r.read_exact(&mut buf).map_err(io_err(&bin_p))?;
             h.update(&buf);
@@ -277,6 +284,10 @@ fn copy_shards(sources: &[(PathBuf, &ShardEntry)], out: &Path, m: &Manifest, lim
             progress.raw_bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
             progress.documents.fetch_add(1, Ordering::Relaxed);
             progress.tokens.fetch_add(ntok, Ordering::Relaxed);
+        }
+        drop(next_off);
+        if prev != sh.tokens || hex(&hi.finalize()) != sh.idx_sha256 {
+            return Err(refuse(&idx_p, "its sha256 differs from its manifest's (damaged partition)".into()));
         }
         if hex(&h.finalize()) != sh.bin_sha256 {
             return Err(refuse(&bin_p, "its sha256 differs from its manifest's (damaged partition)".into()));
