@@ -291,3 +291,66 @@ def test_sigterm_is_never_restarted(tmp_path: Path) -> None:
         "baichuan train: stopped by SIGTERM; all ranks ended; no checkpoint was completed; "
         f"continue with --resume (--output-dir {tmp_path / 'run'})"
     ]
+
+
+# ------------------------------------------------------- issue 12 §4: two nodes on one machine
+def node_args(data: Path, out: Path, hostfile: Path, port: int, node: int, *extra: str) -> list[str]:
+    args = train_args(data, out, *extra)
+    i = args.index("--num-procs")
+    args[i:i + 2] = ["--hostfile", str(hostfile), "--master-port", str(port),
+                     f"--launcher-args=--no_ssh --node_rank {node} --master_addr 127.0.0.1"]
+    return args
+
+
+def start_nodes(data: Path, out: Path, hostfile: Path, logs: Path, *extra: str) -> list[subprocess.Popen]:
+    from baichuan.launch import free_port
+
+    port = free_port()
+    return [subprocess.Popen(node_args(data, out, hostfile, port, n, *extra), stdout=open(logs / f"node{n}.log", "a"),
+                             stderr=subprocess.STDOUT, start_new_session=True) for n in (0, 1)]
+
+
+def kill_tree(p: subprocess.Popen) -> None:
+    tree = psutil.Process(p.pid).children(recursive=True)
+    os.killpg(p.pid, signal.SIGKILL)
+    for child in tree:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    p.wait()
+
+
+def test_two_nodes_without_ssh_train_checkpoint_and_resume_as_one_node(
+    data: Path, reference: Path, tmp_path: Path
+) -> None:
+    """Two DeepSpeed launchers (`--no_ssh --node_rank 0/1`, a hostfile of two hosts with one slot
+    each), one per simulated node, sharing the run directory: killed (SIGKILL, every process) after
+    the checkpoint at step 6, both resumed with --resume; the losses equal the one-node 2-rank run's."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    out = tmp_path / "run"
+    nodes = start_nodes(data, out, hostfile, tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            got = losses(out) if (out / "metrics.jsonl").is_file() else {}
+            if (out / "checkpoints" / "step-6" / "files.sha256.json").is_file() and max(got, default=0) >= 7:
+                break
+            assert all(p.poll() is None for p in nodes), (tmp_path / "node0.log").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        for p in nodes:
+            kill_tree(p)
+    assert (out / "checkpoints" / "latest").read_text().strip() in ("step-6", "step-9")
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    nodes = start_nodes(data, out, hostfile, tmp_path, "--resume")
+    try:
+        assert [p.wait(timeout=300) for p in nodes] == [0, 0], (tmp_path / "node0.log").read_text()[-3000:]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                kill_tree(p)
+    assert "resumed from" in (tmp_path / "node0.log").read_text()
+    assert_same_losses(out, reference)

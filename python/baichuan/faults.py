@@ -124,7 +124,7 @@ def choose_checkpoint(ckpt_dir: str | os.PathLike[str], warn: Callable[[str], No
             else:
                 warn(f"baichuan train: warning: {why}; resuming from {d / tag}")
         if tag != latest:
-            tmp = d / "latest.tmp"
+            tmp = d / f"latest.{os.getpid()}.tmp"  # per process: each node's launcher may do this (--no_ssh)
             tmp.write_text(tag + "\n", encoding="utf-8")
             os.replace(tmp, latest_file)
         return tag
@@ -141,7 +141,10 @@ def _move_aside(d: Path, tag: str) -> Path:
     while dst.exists():
         n += 1
         dst = d / f"damaged-{tag}.{n}"
-    os.replace(d / tag, dst)
+    try:
+        os.replace(d / tag, dst)
+    except FileNotFoundError:  # another node's launcher moved it first (--no_ssh: one launcher per node)
+        return d / f"damaged-{tag}"
     return dst
 
 

@@ -170,7 +170,9 @@ def _launch_loop(
                 return 2
         if cfg.resume or attempt:
             rank_cfg = dataclasses.replace(rank_cfg, resume=True, resume_tag=tag, attempt=attempt, restart=restart)
-        rank_cfg.to_json_file(cfg_path)
+        tmp = cfg_path.with_name(f".{cfg_path.name}.{os.getpid()}.tmp")  # atomic: a launcher per node may write it
+        rank_cfg.to_json_file(tmp)
+        os.replace(tmp, cfg_path)
         port = master_port or free_port()  # a fresh port per launch: the old one may linger in TIME_WAIT
         cmd = deepspeed_command(cfg_path.resolve(), num_procs, hostfile, port, launcher_args)
         status = _run_once(cmd, env, grace_s, received)
