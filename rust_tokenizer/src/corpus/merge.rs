@@ -285,7 +285,6 @@ fn copy_shards(sources: &[(PathBuf, &ShardEntry)], out: &Path, m: &Manifest, lim
             progress.documents.fetch_add(1, Ordering::Relaxed);
             progress.tokens.fetch_add(ntok, Ordering::Relaxed);
         }
-        drop(next_off);
         if prev != sh.tokens || hex(&hi.finalize()) != sh.idx_sha256 {
             return Err(refuse(&idx_p, "its sha256 differs from its manifest's (damaged partition)".into()));
         }
