@@ -321,21 +321,23 @@ def kill_tree(p: subprocess.Popen) -> None:
     p.wait()
 
 
-def test_two_nodes_without_ssh_train_checkpoint_and_resume_as_one_node(
+def test_two_nodes_without_ssh_restart_and_resume_as_one_node(
     data: Path, reference: Path, tmp_path: Path
 ) -> None:
     """Two DeepSpeed launchers (`--no_ssh --node_rank 0/1`, a hostfile of two hosts with one slot
-    each), one per simulated node, sharing the run directory: killed (SIGKILL, every process) after
-    the checkpoint at step 6, both resumed with --resume; the losses equal the one-node 2-rank run's."""
+    each), one per simulated node, sharing the run directory. Rank 1 (node 1) SIGKILLs itself at
+    step 5: both nodes' launchers restart by themselves (same --master-port) from step-3; then every
+    process is SIGKILLed after the checkpoint at step 9 and both nodes are resumed with --resume.
+    The losses equal the one-node 2-rank run's."""
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
     out = tmp_path / "run"
-    nodes = start_nodes(data, out, hostfile, tmp_path)
+    nodes = start_nodes(data, out, hostfile, tmp_path, "--max-restarts", "1", "--debug-fault", "kill:1:5:1")
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 300
         while True:
             got = losses(out) if (out / "metrics.jsonl").is_file() else {}
-            if (out / "checkpoints" / "step-6" / "files.sha256.json").is_file() and max(got, default=0) >= 7:
+            if (out / "checkpoints" / "step-9" / "files.sha256.json").is_file() and max(got, default=0) >= 10:
                 break
             assert all(p.poll() is None for p in nodes), (tmp_path / "node0.log").read_text()[-3000:]
             assert time.monotonic() < deadline
@@ -343,7 +345,11 @@ def test_two_nodes_without_ssh_train_checkpoint_and_resume_as_one_node(
     finally:
         for p in nodes:
             kill_tree(p)
-    assert (out / "checkpoints" / "latest").read_text().strip() in ("step-6", "step-9")
+    assert (out / "checkpoints" / "latest").read_text().strip() in ("step-9", "step-12")
+    (rec,) = restarts(out)
+    assert rec["resumed_from"] == "step-3" and rec["first_new_step"] == 4
+    for n in (0, 1):
+        assert "restart 1/1 from" in (tmp_path / f"node{n}.log").read_text()
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
     nodes = start_nodes(data, out, hostfile, tmp_path, "--resume")
     try:
