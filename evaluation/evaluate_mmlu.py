@@ -40,19 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     subcat: dict[str, list[bool]] = {}
     cat: dict[str, list[bool]] = {c: [] for c in MMLU_CATEGORIES}
     for s in result.subjects:
-        print("Average accuracy {:.3f} - {}".format(s.accuracy, s.subject))
+        print(f"Average accuracy {s.accuracy:.3f} - {s.subject}")
         sc = MMLU_SUBCATEGORIES.get(s.subject)
         subcat.setdefault(sc or "unknown", []).extend(s.correct)
         for c, members in MMLU_CATEGORIES.items():
             if sc in members:
                 cat[c].extend(s.correct)
     for name, cors in subcat.items():
-        print("Average accuracy {:.3f} - {}".format(float(np.mean(cors)), name))
+        print(f"Average accuracy {float(np.mean(cors)):.3f} - {name}")
     for name, cors in cat.items():
         if cors:
-            print("Average accuracy {:.3f} - {}".format(float(np.mean(cors)), name))
+            print(f"Average accuracy {float(np.mean(cors)):.3f} - {name}")
     all_cors = [c for s in result.subjects for c in s.correct]
-    print("Average accuracy: {:.3f}".format(float(np.mean(all_cors))))
+    print(f"Average accuracy: {float(np.mean(all_cors)):.3f}")
     return 0
 
 

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                      split=args.split, show_prompts=args.show_detail, batch_size=args.batch_size,
                      subjects=args.subjects, limit=args.limit)
     result = run(cfg)
-    name = f"{os.path.basename(os.path.normpath(args.model_id))}_{args.task}_{len(result.subjects)}_{result.split}_{args.shot}-shot"
+    model_name = os.path.basename(os.path.normpath(args.model_id))
+    name = f"{model_name}_{args.task}_{len(result.subjects)}_{result.split}_{args.shot}-shot"
     write_outputs(result, Path(args.save_dir) / name)
     answered = result.answered
     print(f"{time.strftime('%Y%m%d %H:%M:%S')}\t{name}")

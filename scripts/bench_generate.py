@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             sync()
             dt = time.perf_counter() - t
             row.append((n_prompt, dt, len(out) / dt))
-        print(f"| {rep + 1} | {row[0][0]}/{row[1][0]} | {row[0][1]:.2f} s | {row[0][2]:.1f} | {row[1][1]:.2f} s | {row[1][2]:.1f} |")
+        (n0, s0, r0), (n1, s1, r1) = row[0], row[1]
+        print(f"| {rep + 1} | {n0}/{n1} | {s0:.2f} s | {r0:.1f} | {s1:.2f} s | {r1:.1f} |")
     return 0
 
 

@@ -178,7 +178,8 @@ def main() -> int:
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
         rows = []
         if not a.skip_upstream:
-            rows.append(("upstream: Python loop over sentencepiece EncodeAsIds, 1 process", run_child("upstream", str(speed), repeat=a.repeat)))
+            upstream = run_child("upstream", str(speed), repeat=a.repeat)
+            rows.append(("upstream: Python loop over sentencepiece EncodeAsIds, 1 process", upstream))
         rows.append(("Tokenizer.encode_batch, 2 threads (lines in memory)", run_child("batch", str(speed), "2", repeat=a.repeat)))
         rows.append(("baichuan tokenize --workers 1", run_child("ours", str(speed), "1", str(work / "out1"), repeat=a.repeat)))
         rows.append(("baichuan tokenize --workers 2", run_child("ours", str(speed), "2", str(work / "out2"), repeat=a.repeat)))

@@ -18,15 +18,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import TypeVar
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from tokenizer_corpus import EVAL_DIR, eval_texts, model_path  # noqa: E402
-
 from baichuan import Tokenizer  # noqa: E402
-
+from tokenizer_corpus import EVAL_DIR, eval_texts, model_path  # noqa: E402
 
 T = TypeVar("T")
 
@@ -154,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     warm_tok.encode(long_line)
     print("\nsingle line, one encode call (ours: a fresh tokenizer per run, cold cache, load not timed;")
     print("warm: a tokenizer that has seen the long line once):")
-    print(f"{'encoder':20s} {'%.1f MB line' % smb:>14s} {'%.1f MB line' % lmb:>14s} {'long/short':>11s}")
+    print(f"{'encoder':20s} {f'{smb:.1f} MB line':>14s} {f'{lmb:.1f} MB line':>14s} {'long/short':>11s}")
     for name, enc, setup in (
         ("sentencepiece", lambda s: lambda _: sp.encode(s), lambda: None),
         ("ours", lambda s: lambda t: t.encode(s), fresh),

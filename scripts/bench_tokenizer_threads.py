@@ -23,9 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from tokenizer_corpus import EVAL_DIR, eval_texts, model_path  # noqa: E402
-
 from baichuan import Tokenizer  # noqa: E402
+from tokenizer_corpus import EVAL_DIR, eval_texts, model_path  # noqa: E402
 
 
 def timed(path: Path, texts: list[str], threads: int, api: str) -> float:

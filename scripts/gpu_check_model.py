@@ -128,7 +128,7 @@ def main() -> int:
 
     print(f"\n1. agreement vs fp32 eager (model {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"B={B} S={seq}, bf16)")
-    print(f"| mask | backend | logits max rel err | |loss diff| | W_pack[0] grad rel err | worst grad rel err |")
+    print("| mask | backend | logits max rel err | |loss diff| | W_pack[0] grad rel err | worst grad rel err |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]:.2e} | {r[3]:.2e} | {r[4]:.2e} | {r[5]:.2e} |")

@@ -82,7 +82,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "c_gz.csv.gz").write_bytes(gzip.compress(src[0].read_bytes()))
     (d / "c_zst.csv.zst").write_bytes(zstandard.ZstdCompressor().compress(src[1].read_bytes()))
     text = src[2].read_bytes()
-    (d / "d_bad.txt").write_bytes(text[:3000] + b"\n\xff\xfe broken \xe4\xbd bytes " + text[:200] + b"\x00nul\rcr\r\n" + text[3000:6000])
+    bad = b"\n\xff\xfe broken \xe4\xbd bytes " + text[:200] + b"\x00nul\rcr\r\n"
+    (d / "d_bad.txt").write_bytes(text[:3000] + bad + text[3000:6000])
     (d / "e_empty.txt").write_bytes(b"")
     return d
 

@@ -66,7 +66,8 @@ def write_shards(
         data = np.concatenate(toks).astype(dtype) if toks else np.zeros(0, dtype=dtype)
         (out / f"shard-{i:05d}.bin").write_bytes(data.astype(np.dtype(dtype).newbyteorder("<")).tobytes())
         (out / f"shard-{i:05d}.idx").write_bytes(offsets.tobytes())
-        shards.append({"bin": f"shard-{i:05d}.bin", "idx": f"shard-{i:05d}.idx", "documents": len(toks), "tokens": int(offsets[-1])})
+        name = f"shard-{i:05d}"
+        shards.append({"bin": f"{name}.bin", "idx": f"{name}.idx", "documents": len(toks), "tokens": int(offsets[-1])})
     manifest = {
         "format": "baichuan-shards",
         "version": 1,
@@ -75,7 +76,9 @@ def write_shards(
         "append_eos": True,
         "min_tokens": 20,
         "shards": shards,
-        "counts": {"documents": len(docs), "dropped": 0, "tokens": sum(s["tokens"] for s in shards), "bytes": 0, "invalid_utf8": 0},
+        "counts": {
+            "documents": len(docs), "dropped": 0, "tokens": sum(s["tokens"] for s in shards), "bytes": 0, "invalid_utf8": 0,
+        },
         "inputs": [],
         "options": {},
     }

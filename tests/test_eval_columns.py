@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from baichuan.evaluation.benchmarks import BENCHMARKS, TASKS, get_benchmark
 from baichuan.evaluation.data import Question
 from baichuan.evaluation.report import summary_columns

@@ -91,10 +91,10 @@ def test_mmlu_prompts_match_upstream(subject: str) -> None:
     def example(df, i: int, with_answer: bool) -> str:  # noqa: ANN001
         s = df.iloc[i, 0]
         for j in range(4):
-            s += "\n{}. {}".format(letters[j], df.iloc[i, j + 1])
+            s += f"\n{letters[j]}. {df.iloc[i, j + 1]}"
         s += "\nAnswer:"
         if with_answer:
-            s += " {}\n\n".format(letters[int(df.iloc[i, 5])])
+            s += f" {letters[int(df.iloc[i, 5])]}\n\n"
         return s
 
     head = "The following are multiple choice questions (with answers) about {}.\n\n".format(
@@ -132,13 +132,13 @@ def test_cmmlu_prompts_match_upstream(subject: str) -> None:
     def example(df, i: int, with_answer: bool) -> str:  # noqa: ANN001
         s = "题目：" + df.iloc[i, 0]
         for j, letter in enumerate("ABCD"):
-            s += "\n{}. {}".format(letter, df.iloc[i, j + 1])
+            s += f"\n{letter}. {df.iloc[i, j + 1]}"
         s += "\n答案是："
         if with_answer:
-            s += "{}\n\n".format(df.iloc[i, 5])
+            s += f"{df.iloc[i, 5]}\n\n"
         return s
 
-    head = "以下是关于{}的单项选择题，请直接给出正确答案的选项。\n\n".format(CMMLU_ZH[subject])
+    head = f"以下是关于{CMMLU_ZH[subject]}的单项选择题，请直接给出正确答案的选项。\n\n"
     expected = [head + "".join(example(dev, j, True) for j in range(5)) + example(test, i, False)
                 for i in range(len(test))]
     assert ours("cmmlu", subject, "test") == expected
@@ -157,9 +157,9 @@ def test_agieval_prompts_match_official_layout(task: str) -> None:
     def inp(x: dict, n: int) -> str:
         passage = x["passage"] if x["passage"] is not None else ""
         if zh:
-            return ("问题 {}.   ".format(n) + passage + " " + x["question"] + "\n"
+            return (f"问题 {n}.   " + passage + " " + x["question"] + "\n"
                     + "从以下选项中选择:    " + " ".join(x["options"]) + "\n")
-        return ("Problem {}.   ".format(n) + passage + " " + x["question"] + "\n"
+        return (f"Problem {n}.   " + passage + " " + x["question"] + "\n"
                 + "Choose from the following options:    " + " ".join(x["options"]) + "\n")
 
     def out(x: dict) -> str:

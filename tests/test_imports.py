@@ -1,5 +1,6 @@
 """The ``baichuan`` package has no import circle (but the ones :data:`KNOWN_CIRCLES` records): no
-module imports (directly or through others) a module that imports it back. Read from the source with ``ast``, nothing imported: every ``import``
+module imports (directly or through others) a module that imports it back. Read from the source
+with ``ast``, nothing imported: every ``import``
 and ``from ... import`` counts, at module level or inside a function (a deferred import is still a
 dependency), except those under ``if TYPE_CHECKING:`` (never executed). Importing ``a.b.c`` also
 runs ``a/__init__`` and ``a/b/__init__``; those implicit parent-package edges are not counted, or

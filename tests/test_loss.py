@@ -141,9 +141,8 @@ def test_zero3_two_ranks_chunked_loss_equals_plain(tmp_path) -> None:
     """``baichuan train --zero-stage 3`` on 2 gloo ranks, fp32, a few steps, ``--chunked-ce 8``
     against ``--chunked-ce 0``: the same losses (every rank) and gradient norms at every step."""
     pytest.importorskip("deepspeed")
-    from test_train_deepspeed import SPM, metrics, run
-
     from test_data import MMLU, make_text_dir, tokenize_with_cli
+    from test_train_deepspeed import SPM, metrics, run
 
     if not SPM.is_file() or not MMLU.is_dir():
         pytest.skip("../shared reference data not found")

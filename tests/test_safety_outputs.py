@@ -200,7 +200,8 @@ def test_export_without_overwrite_refuses_a_non_empty_folder(tmp_path, native, c
     x = tmp_path / "X"
     before = snapshot(x)
     code, err = cli(capsys, ["export-hf", "--checkpoint", str(native), "--output", str(x)])
-    assert (code, err) == (2, f"baichuan export-hf: error: {x} is not empty; pass --overwrite to replace it, or choose another --output\n")
+    expected = f"baichuan export-hf: error: {x} is not empty; pass --overwrite to replace it, or choose another --output\n"
+    assert (code, err) == (2, expected)
     assert snapshot(x) == before
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from baichuan.corpus import CorpusError, TokenizeConfig, iter_documents, run_tokenize
+from baichuan.corpus import CorpusError, TokenizeConfig, run_tokenize
 from baichuan.units import SizeError, parse_size
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from baichuan import Tokenizer, TokenizerError
-
 from tokenizer_corpus import BPE_MODELS, MODELS_DIR, UNIGRAM_MODELS, model_path
 
 spm = pytest.importorskip("sentencepiece")
@@ -233,7 +232,7 @@ def test_truncated_and_corrupt_models_raise_naming_the_file(tmp_path: Path) -> N
         except TokenizerError as e:
             assert f"cut{cut}.model" in str(e)
             assert "invalid SentencePiece model" in str(e) or "unsupported model type" in str(e)
-    for k in range(40):
+    for _ in range(40):
         junk = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 3000)))
         with pytest.raises(TokenizerError, match="<junk>"):
             Tokenizer.from_bytes(junk, origin="<junk>")

@@ -10,7 +10,6 @@ import os
 import pytest
 
 from baichuan import Tokenizer
-
 from tokenizer_corpus import BPE_MODELS, EVAL_DIR, MODELS_DIR, eval_texts, model_path
 
 spm = pytest.importorskip("sentencepiece")

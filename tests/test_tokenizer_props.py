@@ -9,7 +9,6 @@ import random
 import pytest
 
 from baichuan import Tokenizer
-
 from tokenizer_corpus import BPE_MODELS, MODELS_DIR, model_path
 
 spm = pytest.importorskip("sentencepiece")

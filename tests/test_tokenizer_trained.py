@@ -12,13 +12,12 @@ import random
 import pytest
 
 from baichuan import Tokenizer
-
 from tokenizer_corpus import EVAL_DIR, eval_texts
 
 spm = pytest.importorskip("sentencepiece")
-from sentencepiece import sentencepiece_model_pb2 as pb  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from sentencepiece import sentencepiece_model_pb2 as pb  # noqa: E402
 
 from test_tokenizer import EDGE_CASES  # noqa: E402
 
@@ -29,7 +28,9 @@ VARIANTS: dict[str, dict[str, object]] = {
     "identity_nodummy": dict(normalization_rule_name="identity", add_dummy_prefix=False),
     "identity_rew": dict(normalization_rule_name="identity", remove_extra_whitespaces=True, byte_fallback=True),
     "rew_off": dict(remove_extra_whitespaces=False, user_defined_symbols=UD),
-    "ud_ctl_nobf_small": dict(user_defined_symbols=UD, control_symbols=["<ctl>", "</ctl>"], vocab_size=1200, character_coverage=0.98),
+    "ud_ctl_nobf_small": dict(
+        user_defined_symbols=UD, control_symbols=["<ctl>", "</ctl>"], vocab_size=1200, character_coverage=0.98
+    ),
     "wsfx_bf": dict(treat_whitespace_as_suffix=True, byte_fallback=True, user_defined_symbols=UD),
     "wsfx_rew_off_nodummy": dict(treat_whitespace_as_suffix=True, remove_extra_whitespaces=False, add_dummy_prefix=False),
     "nfkc_cf": dict(normalization_rule_name="nfkc_cf", byte_fallback=True),
@@ -129,8 +130,11 @@ def test_edited_protos(corpus: tuple[str, list[str]]) -> None:
         compare(edited(base, fn), texts, name)
 
 
+_ALPHABET = list("abqu 的。\n\t<ud>ctl/12　\u00a0\u2581xyz") + ["<ud>", "<ctl>", "  ", "的。"]
+
+
 @settings(max_examples=40, deadline=None)
-@given(text=st.lists(st.sampled_from(list("abqu 的。\n\t<ud>ctl/12　\u00a0\u2581xyz") + ["<ud>", "<ctl>", "  ", "的。"]), max_size=40).map("".join))
+@given(text=st.lists(st.sampled_from(_ALPHABET), max_size=40).map("".join))
 def test_trained_models_hypothesis(text: str, corpus: tuple[str, list[str]]) -> None:
     path, _ = corpus
     for variant in ("ud_ctl_nobf_small", "wsfx_bf", "wsfx_rew_off_nodummy", "rew_off"):

@@ -279,7 +279,8 @@ def _iter_megatron(bin_p: Path, idx_p: Path) -> Iterator[np.ndarray]:
     doc_index = np.frombuffer(raw, "<i8", d, 34 + 12 * n)
     toks = np.memmap(bin_p, dtype=dt, mode="r") if bin_p.stat().st_size else np.zeros(0, dt)
     for j in range(d - 1):
-        parts = [toks[pointers[i] // dt.itemsize : pointers[i] // dt.itemsize + lengths[i]] for i in range(doc_index[j], doc_index[j + 1])]
+        starts = [pointers[i] // dt.itemsize for i in range(doc_index[j], doc_index[j + 1])]
+        parts = [toks[s : s + lengths[i]] for s, i in zip(starts, range(doc_index[j], doc_index[j + 1]))]
         yield np.concatenate(parts) if parts else np.zeros(0, dt)
 
 

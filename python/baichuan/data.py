@@ -29,8 +29,6 @@ validation are in :mod:`baichuan.mixture`, built on :class:`ShardSource`'s windo
 
 from __future__ import annotations
 
-from baichuan.errors import BaichuanError
-
 import hashlib
 import json
 import os
@@ -43,6 +41,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from baichuan.errors import BaichuanError
 
 SHARD_FORMAT = "baichuan-shards"
 MANIFEST = "manifest.json"
@@ -119,7 +119,8 @@ class ShardManifest:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{path}: cannot read the manifest ({e})") from None
         if not isinstance(m, dict) or m.get("format") != SHARD_FORMAT:
-            raise DataError(f"{path}: not a {SHARD_FORMAT} manifest (format={m.get('format') if isinstance(m, dict) else None!r})")
+            found = m.get("format") if isinstance(m, dict) else None
+            raise DataError(f"{path}: not a {SHARD_FORMAT} manifest (format={found!r})")
         if m.get("version") != 1:
             raise DataError(f"{path}: unsupported manifest version {m.get('version')!r} (this reader knows 1)")
         dtype_name = m.get("dtype")
@@ -246,7 +247,6 @@ class ShardSource:
 
     def window(self, w: int) -> np.ndarray:
         start = w * self.seq_len
-        end = start + self.seq_len
         out = np.empty(self.seq_len, dtype=np.int64)
         k = int(np.searchsorted(self._starts, start, side="right")) - 1
         filled = 0

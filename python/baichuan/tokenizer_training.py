@@ -130,7 +130,9 @@ class TrainTokenizerConfig:
     def trainer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``sentencepiece.SentencePieceTrainer.train``."""
         if len(set(self.user_defined_symbols)) != len(self.user_defined_symbols):
-            raise TrainTokenizerError("duplicate user-defined symbols (--user-defined-symbols repeats one, or one of the --symbols preset)")
+            raise TrainTokenizerError(
+                "duplicate user-defined symbols (--user-defined-symbols repeats one, or one of the --symbols preset)"
+            )
         return dict(
             model_type=self.model_type,
             vocab_size=self.vocab_size,

@@ -9,7 +9,8 @@ earlier version accepted keeps its meaning:
   (``64M``, ``64MiB``): powers of 1024, as ``baichuan tokenize`` has always read them;
 * ``KB``, ``MB``, ``GB``, ``TB``: powers of 1000, as Hugging Face's ``max_shard_size`` reads them.
 
-Case does not matter; a fraction is rounded down (``1.5K`` = 1536). ``export-hf``'s ``hf.parse_size`` predates this module and keeps its own copy.
+Case does not matter; a fraction is rounded down (``1.5K`` = 1536). ``export-hf``'s ``hf.parse_size``
+predates this module and keeps its own copy.
 """
 
 from __future__ import annotations

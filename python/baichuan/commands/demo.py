@@ -43,10 +43,9 @@ def _done(t0: float, detail: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from baichuan.corpus import TokenizeConfig, run_tokenize, summary_table
+    from baichuan.safety import KINDS, plan_output
     from baichuan.sample_corpus import write_sample_corpus
     from baichuan.tokenizer_training import TrainTokenizerConfig, train_tokenizer
-
-    from baichuan.safety import KINDS, plan_output
 
     out = Path(args.output)
     # Refused before any work; --overwrite deletes only a previous demo's own files (baichuan.safety).
