@@ -294,20 +294,25 @@ def test_sigterm_is_never_restarted(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------- issue 12 §4: two nodes on one machine
-def node_args(data: Path, out: Path, hostfile: Path, port: int, node: int, *extra: str) -> list[str]:
-    args = train_args(data, out, *extra)
-    i = args.index("--num-procs")
-    args[i:i + 2] = ["--hostfile", str(hostfile), "--master-port", str(port),
-                     f"--launcher-args=--no_ssh --node_rank {node} --master_addr 127.0.0.1"]
-    return args
+REPO = Path(__file__).resolve().parents[1]
 
 
 def start_nodes(data: Path, out: Path, hostfile: Path, logs: Path, *extra: str) -> list[subprocess.Popen]:
+    """The documented no-ssh recipe (docs/training.md): on every node `scripts/train.sh` with the
+    same hostfile and --master-port, DS_LAUNCH_ARGS="--no_ssh --node_rank N --master_addr NODE0"."""
     from baichuan.launch import free_port
 
     port = free_port()
-    return [subprocess.Popen(node_args(data, out, hostfile, port, n, *extra), stdout=open(logs / f"node{n}.log", "a"),
-                             stderr=subprocess.STDOUT, start_new_session=True) for n in (0, 1)]
+    args = train_args(data, out, *extra)
+    assert args[3:6] == ["train", "--num-procs", "2"]
+    nodes = []
+    for n in (0, 1):
+        env = {**os.environ, "HOSTFILE": str(hostfile), "PYTHON": sys.executable,
+               "DS_LAUNCH_ARGS": f"--no_ssh --node_rank {n} --master_addr 127.0.0.1"}
+        nodes.append(subprocess.Popen(["bash", str(REPO / "scripts" / "train.sh"), *args[6:], "--master-port", str(port)],
+                                      env=env, stdout=open(logs / f"node{n}.log", "a"), stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+    return nodes
 
 
 def kill_tree(p: subprocess.Popen) -> None:
