@@ -365,3 +365,48 @@ def test_two_nodes_without_ssh_restart_and_resume_as_one_node(
                 kill_tree(p)
     assert "resumed from" in (tmp_path / "node0.log").read_text()
     assert_same_losses(out, reference)
+
+
+# --------------------------------------------------------------------------- small pieces
+def test_watchdog_limit_is_ten_median_steps_with_a_floor(tmp_path: Path) -> None:
+    from baichuan.faults import HANG_FLOOR_S, Watchdog
+
+    w = Watchdog(tmp_path, rank=0, attempt=0, hang_timeout=None)
+    assert w.limit() == HANG_FLOOR_S == 300
+    for t in (1.0, 50.0, 40.0, 45.0, 2000.0):
+        w.step_done(1, t)
+    assert w.limit() == 450.0  # 10 x median 45 s
+    assert Watchdog(tmp_path, 0, 0, hang_timeout=7.5).limit() == 7.5
+    assert not Watchdog(tmp_path, 0, 0, hang_timeout=0).enabled
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--max-restarts", "-1", "--max-restarts must be >= 0, got -1"),
+    ("--hang-timeout", "-5", "--hang-timeout must be >= 0, got -5"),
+    ("--collective-timeout", "0", "--collective-timeout must be > 0, got 0"),
+    ("--debug-fault", "explode:1:2", "--debug-fault: expected kill|stall|write-error:RANK:STEP[:ATTEMPTS]"),
+])
+def test_fault_flags_are_checked_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    from baichuan.cli import main
+
+    rc = main(["train", "--data", str(tmp_path), "--output-dir", str(tmp_path / "run"), flag, value])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip().splitlines() == [f"baichuan train: error: {err.split('error: ', 1)[1].strip()}"]
+    assert message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_runs_train_config_json_does_not_carry_launch_state(tmp_path: Path) -> None:
+    from baichuan.commands.train import add_arguments, config_from_args
+    from baichuan.train_config import TrainConfig
+
+    import argparse
+
+    cfg = TrainConfig(data="d", resume_tag="step-3", attempt=2, restart={"restart": 2}, max_restarts=3)
+    cfg.to_json_file(tmp_path / "train_config.json")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    got = config_from_args(p.parse_args(["--config", str(tmp_path / "train_config.json")]))
+    assert (got.resume_tag, got.attempt, got.restart, got.max_restarts) == (None, 0, None, 3)
