@@ -12,18 +12,8 @@ use std::collections::BinaryHeap;
 use crate::fxhash::FxMap;
 use crate::normalizer::lead_len;
 use crate::proto::PieceType;
-use crate::tokenizer::Tokenizer;
+use crate::vocab::{Tok, Vocab, NONE};
 
-/// One output symbol before the processor-level unknown handling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tok {
-    /// A piece id to output as is.
-    Id(u32),
-    /// An unknown symbol spanning these bytes of the input.
-    Unk(u32, u32),
-}
-
-pub(crate) const NONE: u32 = u32::MAX;
 /// Resegmentation recursion cap (0.2.x).
 const MAX_RESEG_DEPTH: u32 = 100;
 /// Below this many symbols a linear scan for the best pair beats the heap.
@@ -66,7 +56,7 @@ impl Bpe {
     /// Encodes `text` (non-empty, normalized) and appends its symbols to `out`. With `with_ud`
     /// the user-defined pieces are matched (longest first) and frozen; otherwise the caller has
     /// already taken them out.
-    pub fn run(&mut self, tok: &Tokenizer, text: &[u8], with_ud: bool, out: &mut Vec<Tok>) {
+    pub fn run(&mut self, tok: &Vocab, text: &[u8], with_ud: bool, out: &mut Vec<Tok>) {
         let n = text.len();
         if n >= MAX_RUN_BYTES {
             // Positions are u32. A single unbreakable run of 4 GiB cannot be merged here; rather
@@ -114,7 +104,7 @@ impl Bpe {
             let id = if frozen {
                 NONE
             } else {
-                char_id(tok, &text[pos..pos + len])
+                tok.char_id(&text[pos..pos + len])
             };
             syms.push(Sym {
                 start: pos as u32,
@@ -155,7 +145,7 @@ impl Bpe {
     }
 
     #[inline]
-    fn score_of(tok: &Tokenizer, text: &[u8], l: &Sym, r: &Sym) -> Option<(i32, u32)> {
+    fn score_of(tok: &Vocab, text: &[u8], l: &Sym, r: &Sym) -> Option<(i32, u32)> {
         if l.frozen || r.frozen {
             return None;
         }
@@ -173,7 +163,7 @@ impl Bpe {
     }
 
     /// Few symbols: keep the score of each adjacent pair and scan for the best one.
-    fn linear(&mut self, tok: &Tokenizer, text: &[u8]) {
+    fn linear(&mut self, tok: &Vocab, text: &[u8]) {
         let syms = &mut self.syms;
         let pair = &mut self.pair;
         pair.clear();
@@ -222,7 +212,7 @@ impl Bpe {
         }
     }
 
-    fn heap<'a>(&mut self, tok: &Tokenizer, text: &'a [u8], rev: &mut Option<Rev<'a>>) {
+    fn heap<'a>(&mut self, tok: &Vocab, text: &'a [u8], rev: &mut Option<Rev<'a>>) {
         let syms = &mut self.syms;
         let heap = &mut self.heap;
         heap.clear();
@@ -280,37 +270,13 @@ impl Bpe {
 }
 
 #[inline]
-pub(crate) fn char_id(tok: &Tokenizer, c: &[u8]) -> u32 {
-    // Decode only canonical (valid) encodings: then the code point's one-character piece, if
-    // any, has exactly these bytes. Anything else takes the string lookup.
-    let cp = match *c {
-        [a] if a < 0x80 => u32::from(a),
-        [a, b] if a & 0xE0 == 0xC0 && b & 0xC0 == 0x80 && a >= 0xC2 => {
-            (u32::from(a & 0x1F) << 6) | u32::from(b & 0x3F)
-        }
-        [a, b, d] if a & 0xF0 == 0xE0 && b & 0xC0 == 0x80 && d & 0xC0 == 0x80 => {
-            let cp = (u32::from(a & 0x0F) << 12) | (u32::from(b & 0x3F) << 6) | u32::from(d & 0x3F);
-            if cp < 0x800 {
-                return tok.merge.get(c).map_or(NONE, |x| x.1);
-            }
-            cp
-        }
-        _ => return tok.merge.get(c).map_or(NONE, |x| x.1),
-    };
-    match tok.char_ids.get(cp as usize) {
-        Some(&id) if id != NONE => id,
-        _ => tok.merge.get(c).map_or(NONE, |x| x.1),
-    }
-}
-
-#[inline]
-fn top_id(tok: &Tokenizer, text: &[u8], l: &Sym, r: &Sym) -> u32 {
+fn top_id(tok: &Vocab, text: &[u8], l: &Sym, r: &Sym) -> u32 {
     Bpe::score_of(tok, text, l, r).map_or(NONE, |x| x.1)
 }
 
 /// Resegments UNUSED pieces and classifies the symbol (`docs/sentencepiece-behaviour.md` §3.6).
 fn emit(
-    tok: &Tokenizer,
+    tok: &Vocab,
     text: &[u8],
     r: (u32, u32),
     depth: u32,

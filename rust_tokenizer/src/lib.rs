@@ -3,8 +3,10 @@
 //!
 //! This crate knows nothing of Python: the bindings live in `py.rs` behind the `python` feature.
 
+pub mod batch;
 pub mod error;
 pub mod tokenizer;
+
 // bulk corpus tokenization (issue 3)
 pub mod corpus;
 pub mod input;
@@ -17,6 +19,7 @@ mod fxhash;
 mod normalizer;
 mod prefix;
 mod proto;
+mod vocab;
 
 #[cfg(feature = "python")]
 mod py;

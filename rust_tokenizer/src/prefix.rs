@@ -2,11 +2,23 @@
 //! trie with a 256-entry root table, so text whose first byte starts no user-defined piece is
 //! rejected with one table lookup.
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Node {
     /// Sorted by byte.
     children: Vec<(u8, u32)>,
-    terminal: bool,
+    /// The value of the word ending here, or `NOT_A_WORD`.
+    value: u32,
+}
+
+const NOT_A_WORD: u32 = u32::MAX;
+
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            children: Vec::new(),
+            value: NOT_A_WORD,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -16,9 +28,11 @@ pub struct PrefixMatcher {
 }
 
 impl PrefixMatcher {
-    pub fn new<'a>(words: impl IntoIterator<Item = &'a [u8]>) -> Self {
+    /// A matcher over `(word, value)` pairs (values below `u32::MAX`; a repeated word keeps the
+    /// last value).
+    pub fn new<'a>(words: impl IntoIterator<Item = (&'a [u8], u32)>) -> Self {
         let mut nodes = vec![Node::default()];
-        for w in words {
+        for (w, value) in words {
             if w.is_empty() {
                 continue;
             }
@@ -34,7 +48,7 @@ impl PrefixMatcher {
                     }
                 };
             }
-            nodes[cur].terminal = true;
+            nodes[cur].value = value;
         }
         let mut root = Box::new([0u32; 256]);
         for &(b, id) in &nodes[0].children {
@@ -52,6 +66,12 @@ impl PrefixMatcher {
     /// Length of the longest word that is a prefix of `s`, if any.
     #[inline]
     pub fn longest(&self, s: &[u8]) -> Option<usize> {
+        self.longest_value(s).map(|x| x.0)
+    }
+
+    /// The longest word that is a prefix of `s`, if any: its length and value.
+    #[inline]
+    pub fn longest_value(&self, s: &[u8]) -> Option<(usize, u32)> {
         let first = *s.first()?;
         let mut cur = self.root[first as usize] as usize;
         if cur == 0 {
@@ -61,8 +81,8 @@ impl PrefixMatcher {
         let mut i = 1;
         loop {
             let node = &self.nodes[cur];
-            if node.terminal {
-                best = Some(i);
+            if node.value != NOT_A_WORD {
+                best = Some((i, node.value));
             }
             let Some(&b) = s.get(i) else { break };
             match node.children.binary_search_by_key(&b, |c| c.0) {
@@ -81,11 +101,12 @@ mod tests {
 
     #[test]
     fn longest_match() {
-        let m = PrefixMatcher::new([&b"<br>"[..], b"<br/>", b"1", b"ab"]);
+        let m = PrefixMatcher::new([(&b"<br>"[..], 7), (b"<br/>", 8), (b"1", 9), (b"ab", 10)]);
         assert_eq!(m.longest(b"<br/>x"), Some(5));
         assert_eq!(m.longest(b"<br>"), Some(4));
         assert_eq!(m.longest(b"<b"), None);
         assert_eq!(m.longest(b"12"), Some(1));
+        assert_eq!(m.longest_value(b"<br/>x"), Some((5, 8)));
         assert_eq!(m.longest(b""), None);
         assert!(!m.may_start(b'x'));
     }

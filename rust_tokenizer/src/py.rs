@@ -4,18 +4,26 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
+use crate::batch::{schedule, threads_for, IdBlock};
 use crate::error::Error;
-use crate::tokenizer::{BlockQueue, IdBlock, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 pyo3::create_exception!(_tokenizer, TokenizerError, pyo3::exceptions::PyValueError);
+// A corpus job's own errors (inputs, outputs, options, cancellation); a `TokenizerError`, so
+// `except TokenizerError` also catches them.
+pyo3::create_exception!(_tokenizer, CorpusError, TokenizerError);
 
+/// The one mapping of the crate's errors to Python exceptions, for every binding (`Tokenizer`
+/// and the corpus job alike): a missing file is `FileNotFoundError` and other I/O errors
+/// `OSError` (messages name the path), a bad model `TokenizerError`, an id out of range
+/// `IndexError`, a corpus job's inputs, outputs, options or cancellation `CorpusError`.
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
         let msg = e.to_string();
@@ -24,9 +32,14 @@ impl From<Error> for PyErr {
                 PyFileNotFoundError::new_err(msg)
             }
             Error::Io { .. } => PyOSError::new_err(msg),
+            Error::InvalidModel { .. } | Error::UnsupportedModelType { .. } => {
+                TokenizerError::new_err(msg)
+            }
             Error::IdOutOfRange { .. } => PyIndexError::new_err(msg),
-            #[allow(unreachable_patterns)]
-            _ => TokenizerError::new_err(msg),
+            Error::Input { .. } | Error::Output { .. } | Error::Config(_) | Error::Cancelled => {
+                CorpusError::new_err(msg)
+            }
+            Error::Internal(_) => TokenizerError::new_err(msg),
         }
     }
 }
@@ -299,73 +312,32 @@ impl PyTokenizer {
         let tok = &self.inner;
         let n = threads_arg(num_threads);
         let out = new_list(py, ts.len())?;
-        // `threads - 1` pool workers encode blocks from the back of the batch while this thread
-        // encodes blocks from the front (GIL released) and, between its blocks, turns every
-        // finished block into Python lists placed straight at their positions in `out`. So
-        // `threads` threads share the cores (no third thread competing for them with the
-        // conversion), each encodes a long run of consecutive texts, and only the conversion of
-        // the last blocks is serial. One thread (or a small batch): this thread alone, without
-        // spawning anything. See docs/performance.md.
-        let threads = Tokenizer::threads_for(n);
-        let workers = if ts.len() < 64 { 0 } else { threads - 1 };
-        let queue = BlockQueue::new(ts.len(), workers + 1);
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, IdBlock)>();
+        // The batch scheduler (batch.rs): `threads - 1` pool workers encode blocks from the back
+        // of the batch while this thread encodes blocks from the front (GIL released) and,
+        // between its blocks, turns every finished block into Python lists placed straight at
+        // their positions in `out`. So `threads` threads share the cores (no third thread
+        // competing for them with the conversion), each encodes a long run of consecutive texts,
+        // and only the conversion of the last blocks is serial. One thread (or a small batch):
+        // this thread alone, without spawning anything. See docs/performance.md.
         let mut filled = 0usize;
-        let result: PyResult<()> = guarded("encode_batch", || {
-            std::thread::scope(|scope| -> PyResult<()> {
-                let (ts, queue) = (&ts, &queue);
-                let worker = if workers > 0 {
-                    Some(scope.spawn(move || {
-                        let tx = Mutex::new(tx);
-                        tok.encode_from_back(ts, queue, workers, |first, b| {
-                            let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((first, b));
-                        })
-                    }))
-                } else {
-                    drop(tx); // nothing will be sent: the receive loop below ends at once
-                    None
-                };
-                let mut err: Option<PyErr> = None;
-                let rx = Mutex::new(rx); // only this thread receives; the mutex makes it `Sync`
-                let recv = || rx.lock().unwrap_or_else(|e| e.into_inner());
-                let mut take = |first: usize, b: &IdBlock, err: &mut Option<PyErr>| {
-                    if err.is_none() {
-                        match self.fill(py, &out, first, b) {
-                            Ok(()) => filled += b.ends.len(),
-                            Err(e) => {
-                                *err = Some(e);
-                                queue.close();
-                            }
-                        }
-                    }
-                };
-                while err.is_none() {
-                    while let Ok((first, b)) = recv().try_recv() {
-                        take(first, &b, &mut err);
-                    }
-                    let Some(r) = queue.front() else { break };
-                    let first = r.start;
-                    let b = py.detach(|| tok.encode_block(&ts[r]));
-                    take(first, &b, &mut err);
-                }
-                while let Ok((first, b)) = py.detach(|| recv().recv()) {
-                    take(first, &b, &mut err);
-                }
-                if worker.is_some_and(|w| w.join().is_err()) {
-                    return Err(TokenizerError::new_err(
-                        "internal error in encode_batch: a worker panicked",
-                    ));
-                }
-                match err {
-                    Some(e) => Err(e),
-                    None if filled != ts.len() => Err(TokenizerError::new_err(
-                        "internal error in encode_batch: blocks missing",
-                    )),
-                    None => Ok(()),
-                }
-            })
-        })?;
-        result?;
+        guarded("encode_batch", || {
+            schedule(
+                ts.len(),
+                threads_for(n),
+                |r| tok.encode_block(&ts[r]),
+                |step| py.detach(step),
+                |first, b| {
+                    self.fill(py, &out, first, &b)?;
+                    filled += b.ends.len();
+                    Ok::<(), PyErr>(())
+                },
+            )
+        })??;
+        if filled != ts.len() {
+            return Err(TokenizerError::new_err(
+                "internal error in encode_batch: blocks missing",
+            ));
+        }
         Ok(out)
     }
 
@@ -513,6 +485,7 @@ impl PyTokenizer {
 #[pymodule]
 fn _tokenizer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TokenizerError", m.py().get_type::<TokenizerError>())?;
+    m.add("CorpusError", m.py().get_type::<CorpusError>())?;
     m.add_class::<PyTokenizer>()?;
     crate::py_corpus::register(m)?; // bulk corpus tokenization (issue 3)
     Ok(())

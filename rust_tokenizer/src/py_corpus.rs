@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -15,13 +15,9 @@ use crate::corpus::merge::{self, MergeConfig};
 use crate::corpus::{self, CorpusConfig, Progress};
 use crate::error::Error;
 
-pyo3::create_exception!(_tokenizer, CorpusError, pyo3::exceptions::PyValueError);
-
+/// The crate-wide mapping (`impl From<Error> for PyErr` in py.rs; `CorpusError` lives there).
 fn to_py(e: Error) -> PyErr {
-    match e {
-        Error::Io { .. } => PyOSError::new_err(e.to_string()),
-        other => CorpusError::new_err(other.to_string()),
-    }
+    e.into()
 }
 
 type Outcome = std::result::Result<String, Error>;
@@ -205,7 +201,6 @@ fn parse_partition(spec: &str) -> PyResult<(usize, usize)> {
 
 /// Adds the corpus names to the native module (called from py.rs).
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("CorpusError", m.py().get_type::<CorpusError>())?;
     m.add_class::<CorpusJob>()?;
     m.add_function(wrap_pyfunction!(tokenize_corpus, m)?)?;
     m.add_function(wrap_pyfunction!(discover_inputs, m)?)?;
