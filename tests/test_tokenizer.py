@@ -240,3 +240,23 @@ def test_truncated_and_corrupt_models_raise_naming_the_file(tmp_path: Path) -> N
     empty.write_bytes(b"")
     with pytest.raises(TokenizerError, match="empty.model"):
         Tokenizer.from_file(empty)
+
+
+def test_same_errors_from_the_tokenizer_and_the_corpus_job(tmp_path: Path) -> None:
+    """One mapping of Rust errors to Python exceptions (py.rs): a malformed .model is a
+    TokenizerError and a missing one a FileNotFoundError, whether `Tokenizer` or the bulk
+    `tokenize` job loads it; CorpusError is a TokenizerError."""
+    from baichuan import _tokenizer
+    from baichuan.corpus import TokenizeConfig
+
+    assert issubclass(_tokenizer.CorpusError, TokenizerError)
+    (tmp_path / "in.txt").write_text("hello\n", encoding="utf-8")
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(b"junk junk")
+    missing = tmp_path / "missing.model"
+    for model, exc in ((bad, TokenizerError), (missing, FileNotFoundError)):
+        cfg = TokenizeConfig(inputs=[str(tmp_path / "in.txt")], tokenizer=str(model), output=str(tmp_path / "out"))
+        for load in (lambda: Tokenizer.from_file(model), lambda: _tokenizer.tokenize_corpus(cfg.to_json())):
+            with pytest.raises(exc, match=model.name) as e:
+                load()
+            assert type(e.value) is exc or (exc is TokenizerError and type(e.value).__name__ == "TokenizerError")

@@ -118,7 +118,8 @@ def _holdout_per_million(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from baichuan.corpus import CorpusError, TokenizeConfig, run_tokenize, summary_table
+    from baichuan.corpus import TokenizeConfig, run_tokenize, summary_table
+    from baichuan.tokenizer import TokenizerError
 
     if args.workers < 1:
         print("baichuan tokenize: --workers must be at least 1", file=sys.stderr)
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         manifest = run_tokenize(cfg, progress=not args.quiet)
-    except (CorpusError, OSError) as e:
+    except (TokenizerError, OSError) as e:  # CorpusError is a TokenizerError (e.g. a bad .model)
         print(f"baichuan tokenize: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
