@@ -94,6 +94,12 @@ pub struct CharsMap {
     /// (a key ends inside or at it: take the full walk), or `node + 2` (keys continue past it:
     /// it maps to itself unless the next byte continues the walk from `node`).
     bmp: Vec<u32>,
+    /// Every character that starts a user-defined piece is `BMP_SLOW` in `bmp`
+    /// ([`Normalizer::mark_user_defined_starts`]): the fast path need not ask the matcher.
+    ud_marked: bool,
+    /// Per byte: an ASCII character other than the space that maps to itself (`BMP_PLAIN`) and
+    /// starts no user-defined piece (valid once `ud_marked`); false for bytes >= 0x80.
+    ascii_plain: Box<[bool; 256]>,
 }
 
 const BMP_PLAIN: u32 = 0;
@@ -167,6 +173,8 @@ impl CharsMap {
             pool,
             root_child,
             bmp: Vec::new(),
+            ud_marked: false,
+            ascii_plain: Box::new([false; 256]),
         };
         cm.bmp = (0..0x10000u32).map(|cp| cm.classify(cp)).collect();
         Ok(cm)
@@ -261,6 +269,23 @@ impl Normalizer {
             WS
         } else {
             b" "
+        }
+    }
+
+    /// Sends the characters (BMP code points) that start user-defined pieces down the general
+    /// path, so that the fast path needs no matcher lookup for the others. `cps` must hold the
+    /// first character of every user-defined piece. Without a charsmap this does nothing.
+    pub fn mark_user_defined_starts(&mut self, cps: &[usize]) {
+        if let Some(cm) = &mut self.charsmap {
+            for &cp in cps {
+                if let Some(e) = cm.bmp.get_mut(cp) {
+                    *e = BMP_SLOW;
+                }
+            }
+            cm.ud_marked = true;
+            for b in 0..0x80u8 {
+                cm.ascii_plain[usize::from(b)] = b != b' ' && cm.bmp[usize::from(b)] == BMP_PLAIN;
+            }
         }
     }
 
@@ -367,11 +392,34 @@ impl Normalizer {
         }
         let mut prev_space = rew;
         let escape = self.escape_whitespaces;
+        // With the user-defined starts marked in the charsmap table, the fast path skips the
+        // matcher (the general path still matches them).
+        let (fast_ud, ascii_plain) = match &self.charsmap {
+            Some(cm) if cm.ud_marked => (None, Some(&*cm.ascii_plain)),
+            _ => (ud, None),
+        };
+        // A space that maps to itself and starts no user-defined piece, without
+        // remove_extra_whitespaces: written as the whitespace symbol without the general path.
+        let space_fast = !rew
+            && !ud.is_some_and(|m| m.may_start(b' '))
+            && self
+                .charsmap
+                .as_ref()
+                .is_none_or(|cm| !cm.root_child[usize::from(b' ')]);
         while !input.is_empty() {
             // A run of characters that normalize to themselves is copied in one go.
             let mut run = 0;
             while run < input.len() {
-                match self.fast_char(&input[run..], ud) {
+                if let (true, Some(plain)) = (input[run] < 0x80, ascii_plain) {
+                    if plain[usize::from(input[run])] {
+                        run += 1;
+                        while run < input.len() && plain[usize::from(input[run])] {
+                            run += 1;
+                        }
+                        continue;
+                    }
+                }
+                match self.fast_char(&input[run..], fast_ud) {
                     Some(len) => run += len,
                     None => break,
                 }
@@ -379,6 +427,12 @@ impl Normalizer {
             if run > 0 {
                 out.extend_from_slice(&input[..run]);
                 input = &input[run..];
+                prev_space = false;
+                continue;
+            }
+            if space_fast && input[0] == b' ' {
+                out.extend_from_slice(ws);
+                input = &input[1..];
                 prev_space = false;
                 continue;
             }

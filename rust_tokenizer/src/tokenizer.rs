@@ -125,8 +125,11 @@ impl Tokenizer {
             });
         }
         let vocab = Vocab::new(m.pieces, &m.trainer, origin)?;
-        let normalizer =
+        let mut normalizer =
             build_normalizer(&m.normalizer, m.trainer.treat_whitespace_as_suffix, origin)?;
+        if let Some(cps) = vocab.user_defined_starts() {
+            normalizer.mark_user_defined_starts(&cps);
+        }
         let denormalizer = match &m.denormalizer {
             Some(d) if !d.precompiled_charsmap.is_empty() => {
                 Some(build_normalizer(d, false, origin)?)
@@ -346,11 +349,27 @@ impl Tokenizer {
         }
         while pos < n {
             let b = norm[pos];
-            let clen = lead_len(b, n - pos);
-            let c = &norm[pos..pos + clen];
-            let info = match bmp_index(c) {
-                Some(i) => v.chars[i],
-                None => CharInfo::GENERIC,
+            // The character, its length and its table entry: ASCII and well-formed 3-byte
+            // characters (CJK) decoded inline, the rest through `bmp_index`.
+            let (clen, packed, info) = if b < 0x80 {
+                (1, u32::from(b), v.chars[usize::from(b)])
+            } else if b & 0xF0 == 0xE0 && n - pos >= 3 {
+                let (b1, b2) = (norm[pos + 1], norm[pos + 2]);
+                let packed = (u32::from(b) << 16) | (u32::from(b1) << 8) | u32::from(b2);
+                let cp = (usize::from(b & 0x0F) << 12)
+                    | (usize::from(b1 & 0x3F) << 6)
+                    | usize::from(b2 & 0x3F);
+                let info = if b1 & 0xC0 == 0x80 && b2 & 0xC0 == 0x80 && cp >= 0x800 {
+                    v.chars[cp]
+                } else {
+                    CharInfo::GENERIC
+                };
+                (3, packed, info)
+            } else {
+                let clen = lead_len(b, n - pos);
+                let c = &norm[pos..pos + clen];
+                let info = bmp_index(c).map_or(CharInfo::GENERIC, |i| v.chars[i]);
+                (clen, pack_char(c), info)
             };
             if let Some(m) = ud {
                 if info.id & CharInfo::UD != 0 || (!ud_exact && m.may_start(b)) {
@@ -365,7 +384,6 @@ impl Tokenizer {
                     }
                 }
             }
-            let packed = pack_char(c);
             if pos > start && !rule.joins(prev, prev_info, packed, info) {
                 flush!();
                 start = pos;

@@ -477,6 +477,16 @@ impl Vocab {
         })
     }
 
+    /// The table indices of the first characters of the user-defined pieces, if every one has
+    /// one (see [`crate::normalizer::Normalizer::mark_user_defined_starts`]).
+    pub(crate) fn user_defined_starts(&self) -> Option<Vec<usize>> {
+        self.ud_flags_exact.then(|| {
+            (0..self.chars.len())
+                .filter(|&i| self.chars[i].id & CharInfo::UD != 0)
+                .collect()
+        })
+    }
+
     /// The id of a piece string (any type), if loaded.
     #[inline]
     pub(crate) fn lookup(&self, s: &[u8]) -> Option<u32> {
