@@ -317,8 +317,8 @@ impl Tokenizer {
     /// Calls `f(chunk, kind)` for each chunk of the normalized string in order. Without a chunk
     /// rule the whole string is one [`Chunk::Run`] (with its user-defined symbols inside).
     ///
-    /// One pass, one table entry per character: the entry's `UD` bit says whether a
-    /// user-defined piece may start here, its row and column decide the cut before it
+    /// One pass, one table entry per character: the entry says whether a user-defined piece may
+    /// start here, its flags decide most cuts without hashing
     /// ([`crate::vocab::ChunkRule::joins`]), and a chunk of one character carries its piece id
     /// from the same entry.
     #[inline]
@@ -341,7 +341,7 @@ impl Tokenizer {
         macro_rules! flush {
             () => {
                 if prev_at == start {
-                    f(&norm[start..pos], Chunk::Char(prev_info.id & CharInfo::ID_MASK));
+                    f(&norm[start..pos], Chunk::Char(prev_info.id()));
                 } else {
                     f(&norm[start..pos], Chunk::Run);
                 }
@@ -372,7 +372,7 @@ impl Tokenizer {
                 (clen, pack_char(c), info)
             };
             if let Some(m) = ud {
-                if info.id & CharInfo::UD != 0 || (!ud_exact && m.may_start(b)) {
+                if info.starts_user_defined() || (!ud_exact && m.may_start(b)) {
                     if let Some((len, id)) = m.longest_value(&norm[pos..]) {
                         if pos > start {
                             flush!();

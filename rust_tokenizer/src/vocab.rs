@@ -36,42 +36,36 @@ pub(crate) struct Piece {
 }
 
 /// Per-character table entry (index: the code point of a canonically encoded 1-3 byte UTF-8
-/// character, see [`bmp_index`]).
+/// character, see [`bmp_index`]), 4 bytes so that the table (256 KiB) stays in the L2 cache: the
+/// id of the one-character mergeable piece in the low bits (`NO_ID`: none) and three flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CharInfo {
-    /// The id of the one-character mergeable piece (`CharInfo::NO_ID`: none), plus the `UD` bit.
-    pub id: u32,
-    /// Row of this character in the pair matrix when it is the left one of a pair
-    /// (`NO_PAIR`: it never is; `HASH`: ask the pair set).
-    pub left: u16,
-    /// Column of this character when it is the right one of a pair (same conventions).
-    pub right: u16,
-}
-
-pub(crate) const NO_PAIR: u16 = 0;
-pub(crate) const HASH: u16 = u16::MAX;
+pub(crate) struct CharInfo(u32);
 
 impl CharInfo {
     /// Some user-defined piece starts with this character.
-    pub const UD: u32 = 1 << 31;
-    pub const ID_MASK: u32 = !Self::UD;
-    pub const NO_ID: u32 = Self::ID_MASK;
+    const UD: u32 = 1 << 31;
+    /// Some mergeable piece has this character followed by another one.
+    const LEFT: u32 = 1 << 30;
+    /// Some mergeable piece has this character preceded by another one.
+    const RIGHT: u32 = 1 << 29;
+    pub const NO_ID: u32 = (1 << 29) - 1;
     /// What a character outside the table gets: look everything up.
-    pub const GENERIC: CharInfo = CharInfo {
-        id: Self::UD | Self::NO_ID,
-        left: HASH,
-        right: HASH,
-    };
-    const EMPTY: CharInfo = CharInfo {
-        id: Self::NO_ID,
-        left: NO_PAIR,
-        right: NO_PAIR,
-    };
-}
+    pub const GENERIC: CharInfo = CharInfo(Self::UD | Self::LEFT | Self::RIGHT | Self::NO_ID);
+    const EMPTY: CharInfo = CharInfo(Self::NO_ID);
 
-/// The pair matrix is used while it has at most this many bits (1 MiB); larger ones (models
-/// with very many distinct characters in multi-character pieces) use the pair set alone.
-const MAX_MATRIX_BITS: usize = 1 << 23;
+    /// The piece id, or `NO_ID` (none, or an id too large for the table: look it up).
+    #[inline]
+    pub fn id(self) -> u32 {
+        self.0 & Self::NO_ID
+    }
+    #[inline]
+    pub fn starts_user_defined(self) -> bool {
+        self.0 & Self::UD != 0
+    }
+    fn set_id(&mut self, id: u32) {
+        self.0 = (self.0 & !Self::NO_ID) | id.min(Self::NO_ID);
+    }
+}
 
 /// The table index of a canonically encoded one-, two- or three-byte UTF-8 character that is
 /// exactly `c`, else `None` (4-byte characters, invalid or over-long encodings).
@@ -110,16 +104,12 @@ pub(crate) fn pack_char(c: &[u8]) -> u32 {
 /// Baichuan-7B no piece has `x▁`; for Llama only `▁▁`; for InternLM also `\t▁`, `\n▁`) and also
 /// cuts inside CJK runs. Frozen user-defined symbols are always cut around (they never merge).
 ///
-/// Per character the table holds a row (as the left one of a pair) and a column (as the right
-/// one): characters in no pair at all cut with no lookup, and the others test one bit of the pair
-/// matrix; the hash set answers only for characters outside the table or models whose matrix
-/// would be too large.
+/// Most characters are in no pair at all: the table's `LEFT` (of the left character) and `RIGHT`
+/// (of the right one) flags decide those cuts without hashing. (A bit matrix over the flagged
+/// characters was tried: for Baichuan-7B it is 333 KiB, larger than this set, and was slower.)
 #[derive(Debug, Clone)]
 pub(crate) struct ChunkRule {
     adjacent: FxSet<u64>,
-    /// Bit `row * cols + col`: the pair occurs in a piece.
-    matrix: Vec<u64>,
-    cols: usize,
 }
 
 impl ChunkRule {
@@ -127,16 +117,11 @@ impl ChunkRule {
     /// entries) next to each other.
     #[inline]
     pub fn joins(&self, p: u32, pi: CharInfo, c: u32, ci: CharInfo) -> bool {
-        let (row, col) = (pi.left, ci.right);
-        if row == NO_PAIR || col == NO_PAIR {
-            return false;
-        }
-        if row != HASH && col != HASH {
-            let bit = usize::from(row) * self.cols + usize::from(col);
-            return (self.matrix[bit >> 6] >> (bit & 63)) & 1 != 0;
-        }
-        self.adjacent
-            .contains(&((u64::from(p) << 32) | u64::from(c)))
+        pi.0 & CharInfo::LEFT != 0
+            && ci.0 & CharInfo::RIGHT != 0
+            && self
+                .adjacent
+                .contains(&((u64::from(p) << 32) | u64::from(c)))
     }
 }
 
@@ -355,13 +340,13 @@ impl Vocab {
         let mut chars = vec![CharInfo::EMPTY; 0x10000];
         for (t, &(_, id)) in merge.iter() {
             if let Some(cp) = bmp_index(t) {
-                chars[cp].id = id.min(CharInfo::NO_ID);
+                chars[cp].set_id(id);
             }
         }
         let mut ud_flags_exact = true;
         for &(t, _) in &ud_words {
             match chars_of(t).next().and_then(bmp_index) {
-                Some(cp) => chars[cp].id |= CharInfo::UD,
+                Some(cp) => chars[cp].0 |= CharInfo::UD,
                 None => ud_flags_exact = false,
             }
         }
@@ -374,69 +359,25 @@ impl Vocab {
         let chunk = if has_unused {
             None
         } else {
-            // Every pair of adjacent characters in a mergeable piece, packed and as table indices.
+            // Every pair of adjacent characters in a mergeable piece (packed); characters
+            // outside the table are GENERIC (all flags on).
             let mut adjacent = FxSet::default();
-            let mut table_pairs: Vec<(usize, usize)> = Vec::new();
             for t in merge.keys() {
                 let mut prev: Option<&[u8]> = None;
                 for c in chars_of(t) {
                     if let Some(p) = prev {
-                        let key = (u64::from(pack_char(p)) << 32) | u64::from(pack_char(c));
-                        if adjacent.insert(key) {
-                            match (bmp_index(p), bmp_index(c)) {
-                                (Some(i), Some(j)) => table_pairs.push((i, j)),
-                                // Characters outside the table are GENERIC: the set answers.
-                                (Some(i), None) => chars[i].left = HASH,
-                                (None, Some(j)) => chars[j].right = HASH,
-                                (None, None) => {}
-                            }
+                        adjacent.insert((u64::from(pack_char(p)) << 32) | u64::from(pack_char(c)));
+                        if let Some(i) = bmp_index(p) {
+                            chars[i].0 |= CharInfo::LEFT;
+                        }
+                        if let Some(j) = bmp_index(c) {
+                            chars[j].0 |= CharInfo::RIGHT;
                         }
                     }
                     prev = Some(c);
                 }
             }
-            // Rows and columns numbered from 1 in order of first use (0 is NO_PAIR).
-            table_pairs.sort_unstable();
-            let (mut rows, mut cols) = (0usize, 0usize);
-            for &(i, j) in &table_pairs {
-                if chars[i].left == NO_PAIR {
-                    rows += 1;
-                    chars[i].left = u16::try_from(rows).unwrap_or(HASH);
-                }
-                if chars[j].right == NO_PAIR {
-                    cols += 1;
-                    chars[j].right = u16::try_from(cols).unwrap_or(HASH);
-                }
-            }
-            let (rows, cols) = (rows + 1, cols + 1);
-            let use_matrix = rows < usize::from(HASH)
-                && cols < usize::from(HASH)
-                && rows * cols <= MAX_MATRIX_BITS;
-            let mut matrix = Vec::new();
-            if use_matrix {
-                matrix = vec![0u64; (rows * cols).div_ceil(64)];
-                for &(i, j) in &table_pairs {
-                    let (r, c) = (chars[i].left, chars[j].right);
-                    if r != HASH && c != HASH {
-                        let bit = usize::from(r) * cols + usize::from(c);
-                        matrix[bit >> 6] |= 1u64 << (bit & 63);
-                    }
-                }
-            } else {
-                for ch in chars.iter_mut() {
-                    if ch.left != NO_PAIR {
-                        ch.left = HASH;
-                    }
-                    if ch.right != NO_PAIR {
-                        ch.right = HASH;
-                    }
-                }
-            }
-            Some(ChunkRule {
-                adjacent,
-                matrix,
-                cols,
-            })
+            Some(ChunkRule { adjacent })
         };
 
         let mut pairs: FxMap<u64, (i32, u32)> = FxMap::default();
@@ -482,7 +423,7 @@ impl Vocab {
     pub(crate) fn user_defined_starts(&self) -> Option<Vec<usize>> {
         self.ud_flags_exact.then(|| {
             (0..self.chars.len())
-                .filter(|&i| self.chars[i].id & CharInfo::UD != 0)
+                .filter(|&i| self.chars[i].starts_user_defined())
                 .collect()
         })
     }
@@ -503,7 +444,7 @@ impl Vocab {
     pub(crate) fn char_id(&self, c: &[u8]) -> u32 {
         match bmp_index(c) {
             // The table is exact for these encodings.
-            Some(i) => match self.chars[i].id & CharInfo::ID_MASK {
+            Some(i) => match self.chars[i].id() {
                 CharInfo::NO_ID => self.merge.get(c).map_or(NONE, |x| x.1),
                 id => id,
             },
