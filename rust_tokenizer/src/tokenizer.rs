@@ -1,5 +1,5 @@
 //! The public Rust API: a SentencePiece BPE model that encodes and decodes byte-identically to
-//! `sentencepiece` 0.2.3 (behaviour: `../shared/notes/sentencepiece-bpe.md`).
+//! `sentencepiece` 0.2.3 (behaviour: `docs/sentencepiece-behaviour.md`).
 //!
 //! Pipeline: normalize the whole input (`normalizer.rs`), cut the normalized string into chunks
 //! at points where no vocabulary piece can span the cut (decided per model at load time, see

@@ -96,11 +96,12 @@ pub(crate) fn pack_char(c: &[u8]) -> u32 {
     }
 }
 
-/// Where the normalized string may be cut without changing the BPE result (notes §4). Every
+/// Where the normalized string may be cut without changing the BPE result
+/// (`docs/sentencepiece-behaviour.md` §4). Every
 /// merged symbol is a mergeable piece, so a cut between adjacent characters `x y` is exact when no
 /// mergeable piece (NORMAL, USER_DEFINED, UNUSED) contains `x y` next to each other. `adjacent`
 /// holds every such pair (packed characters), computed at load time; the chunker cuts wherever
-/// the pair is absent. This contains the notes' "cut before ▁" rules as special cases (for
+/// the pair is absent. This contains the spec's "cut before ▁" rules (§4) as special cases (for
 /// Baichuan-7B no piece has `x▁`; for Llama only `▁▁`; for InternLM also `\t▁`, `\n▁`) and also
 /// cuts inside CJK runs. Frozen user-defined symbols are always cut around (they never merge).
 ///

@@ -118,7 +118,7 @@ def _holdout_per_million(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from baichuan.corpus import TokenizeConfig, run_tokenize, summary_table
+    from baichuan.corpus import CorpusError, TokenizeConfig, run_tokenize, summary_table
     from baichuan.tokenizer import TokenizerError
 
     if args.workers < 1:
