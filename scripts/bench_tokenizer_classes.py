@@ -36,9 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from tokenizer_corpus import model_path  # noqa: E402
-
 from baichuan import Tokenizer  # noqa: E402
+from tokenizer_corpus import model_path  # noqa: E402
 
 DEBIAN_REFERENCE = Path("/usr/share/debian-reference/debian-reference.zh-cn.txt.gz")
 _TAG = re.compile(r"/[A-Za-z]+\b")
