@@ -264,7 +264,7 @@ def iter_documents(out_dir: str | os.PathLike[str]) -> Iterator[np.ndarray]:
         raise ValueError(f"{out / MANIFEST}: unknown format {m['format']!r}")
 
 
-_MEGATRON_DTYPES = {8: np.dtype("<u2"), 4: np.dtype("<i4")}
+_MEGATRON_DTYPES: dict[int, np.dtype[Any]] = {8: np.dtype("<u2"), 4: np.dtype("<i4")}
 
 
 def _iter_megatron(bin_p: Path, idx_p: Path) -> Iterator[np.ndarray]:

@@ -358,6 +358,7 @@ def _attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Att
         # the memory-efficient kernel without a materialised mask (on CUDA, a bool mask went to
         # cuDNN, which plans anew for every shape: see docs/performance.md, evaluation).
         return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(T, S))
+    assert not isinstance(mask, str)  # "causal" is handled above
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -589,7 +590,7 @@ def _zero3_partitioned(params: list[nn.Parameter]) -> bool:
         return False
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-    return any(p.ds_status == ZeroParamStatus.NOT_AVAILABLE for p in params)
+    return any(getattr(p, "ds_status", None) == ZeroParamStatus.NOT_AVAILABLE for p in params)
 
 
 @torch.no_grad()

@@ -210,7 +210,7 @@ def _nested_output(entry: Path) -> bool:
     k = KINDS.get(str(marker.get("kind"))) if marker else None
     if k is None:
         return False
-    recorded = set(marker.get("names", []))
+    recorded = set(marker.get("names", [])) if marker else set()
     return all(
         e.name in (MARKER, MARKER + ".tmp") or _is_ours(e.name, k, recorded) or _nested_output(e)
         for e in entry.iterdir()

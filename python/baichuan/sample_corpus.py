@@ -46,16 +46,16 @@ A progress line shows how many megabytes per second are read, how many tokens pe
 """
 
 
-_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_DocNode = ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
 
 
-def _docstring_nodes(tree: ast.Module) -> Iterator[ast.AST]:
+def _docstring_nodes(tree: ast.Module) -> Iterator[_DocNode]:
     """The module and every class/function in it, in source order, visiting statement bodies only
     (much faster than ``ast.walk``)."""
     stack: list[ast.AST] = [tree]
     while stack:
         node = stack.pop()
-        if isinstance(node, (ast.Module, *_DEFS)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             yield node
         children: list[ast.AST] = []
         for attr in ("body", "orelse", "finalbody", "handlers"):

@@ -161,7 +161,7 @@ def evaluate(
     longest = max((len(it.ids) for _, items in loaded for it in items), default=0)
     prefix_cache = cfg.prefix_cache
     model_cfg = getattr(model, "config", None)
-    if hasattr(model_cfg, "check_context"):  # our model: refuse prompts past its (RoPE-scaled) window
+    if model_cfg is not None and hasattr(model_cfg, "check_context"):  # our model: refuse prompts past its (RoPE-scaled) window
         model_cfg.check_context(longest, f"the longest {cfg.task} prompt (--max-length {cfg.max_length})")
         # dynamic NTK past the window: a cached prefix would hold keys rotated for a shorter length
         prefix_cache = prefix_cache and not model_cfg.rope_depends_on_length(longest)

@@ -17,7 +17,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 try:
     from transformers import GenerationMixin
 except ImportError:  # transformers < 4.45: PreTrainedModel carries generate()
-    GenerationMixin = object
+    GenerationMixin = object  # type: ignore[misc,assignment]
 
 from .configuration_baichuan import BaiChuanConfig
 
@@ -275,7 +275,7 @@ class BaiChuanForCausalLM(BaiChuanPreTrainedModel, GenerationMixin):
     if _TRANSFORMERS_MAJOR >= 5:
         _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     else:
-        _tied_weights_keys = ["lm_head.weight"]
+        _tied_weights_keys = ["lm_head.weight"]  # type: ignore[assignment]
 
     def __init__(self, config):
         super().__init__(config)
