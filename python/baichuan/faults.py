@@ -10,11 +10,12 @@ docs/training.md ("Failures and recovery") is the user's view. In short:
 * :class:`Watchdog` (one thread per rank): once a step has completed, when no further step
   completes within the limit (``--hang-timeout`` seconds, or 10x the median step time and at least
   :data:`HANG_FLOOR_S`), it writes the rank's Python stacks (all threads) to
-  ``OUTPUT/faults/hang-attempt{A}-rank{R}.txt`` and ends the process with :data:`HANG_EXIT`, so
+  ``OUTPUT/faults/hang-{UTC time}-attempt{A}-rank{R}.txt`` and ends the process with :data:`HANG_EXIT`, so
   that the launcher sees a failure (and ``--max-restarts`` relaunches). Checkpoint saves pause it.
 * A rank that stops with a clear error (bad input, divergence, a failed checkpoint write: exit
-  status 2) records it in ``OUTPUT/faults/error-attempt{A}-rank{R}.txt``: such a failure repeats, so
-  the launcher does not relaunch it.
+  status 2) records it in ``OUTPUT/faults/error-{UTC time}-attempt{A}-rank{R}.txt``: such a failure
+  repeats, so the launcher does not relaunch it. The launcher only counts the files written since
+  it started that launch (an earlier invocation's files stay, for a post-mortem).
 * ``OUTPUT/restarts.jsonl``: one JSON line per restart (``baichuan.launch``), completed by rank 0 of
   the relaunched job at its first step (:func:`log_recovered`).
 * :class:`DebugFault`: the hidden ``--debug-fault KIND:RANK:STEP[:ATTEMPTS]`` of the tests.
@@ -48,6 +49,10 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 def faults_dir(run_dir: str | os.PathLike[str]) -> Path:
     return Path(run_dir) / FAULTS_DIR
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 def _utc(t: float) -> str:
@@ -213,7 +218,7 @@ class Watchdog:
 
     def _fire(self, waited: float, limit: float) -> None:
         d = faults_dir(self.run_dir)
-        path = d / f"hang-attempt{self.attempt}-rank{self.rank}.txt"
+        path = d / f"hang-{_stamp()}-attempt{self.attempt}-rank{self.rank}.txt"
         how = "--hang-timeout" if self.fixed is not None else f"{HANG_FACTOR:g}x the median step time, at least {HANG_FLOOR_S:g} s"
         head = (f"rank {self.rank}: no step completed for {waited:.1f} s (limit {limit:.1f} s: {how}); "
                 f"last completed step {self.last_step}; pid {os.getpid()}; {_utc(time.time())}")
@@ -241,18 +246,21 @@ def note_error(run_dir: Path, attempt: int, rank: int, line: str) -> None:
     try:
         d = faults_dir(run_dir)
         d.mkdir(parents=True, exist_ok=True)
-        (d / f"error-attempt{attempt}-rank{rank}.txt").write_text(line + "\n", encoding="utf-8")
+        (d / f"error-{_stamp()}-attempt{attempt}-rank{rank}.txt").write_text(line + "\n", encoding="utf-8")
     except OSError:
         pass
 
 
-def attempt_faults(run_dir: Path, attempt: int) -> dict[str, dict[int, str]]:
-    """{"hang": {rank: first line}, "error": {rank: line}} written by the ranks of launch ``attempt``."""
+def attempt_faults(run_dir: Path, attempt: int, since: float) -> dict[str, dict[int, str]]:
+    """{"hang": {rank: first line}, "error": {rank: line}} written by the ranks of launch ``attempt``
+    (files modified at or after ``since``, the launch's start: not an earlier invocation's)."""
     out: dict[str, dict[int, str]] = {"hang": {}, "error": {}}
     d = faults_dir(run_dir)
     for kind in out:
-        for p in sorted(d.glob(f"{kind}-attempt{attempt}-rank*.txt")) if d.is_dir() else []:
+        for p in sorted(d.glob(f"{kind}-*-attempt{attempt}-rank*.txt")) if d.is_dir() else []:
             try:
+                if p.stat().st_mtime < since - 1.0:
+                    continue
                 rank = int(p.stem.rsplit("rank", 1)[1])
                 out[kind][rank] = p.read_text(encoding="utf-8", errors="replace").splitlines()[0]
             except (ValueError, IndexError, OSError):

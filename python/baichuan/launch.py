@@ -159,6 +159,8 @@ def _launch_loop(
     attempt = 0
     tag_now: str | None = None
     while True:
+        if received:  # a signal between two launches
+            return _stopped_by_signal(received, cfg)
         rank_cfg = cfg.for_ranks()
         if attempt:
             tag = tag_now  # verified after the failure, below
@@ -175,13 +177,14 @@ def _launch_loop(
         os.replace(tmp, cfg_path)
         port = master_port or free_port()  # a fresh port per launch: the old one may linger in TIME_WAIT
         cmd = deepspeed_command(cfg_path.resolve(), num_procs, hostfile, port, launcher_args)
+        started = time.time()
         status = _run_once(cmd, env, grace_s, received)
         if received:
             return _stopped_by_signal(received, cfg)
         if status == 0:
             return 0
         detected = time.time()
-        found = faults.attempt_faults(out, attempt)
+        found = faults.attempt_faults(out, attempt, since=started)
         last_step, last_step_unix = faults.last_logged_step(out)
         if restart is not None and not any(r.get("restart") == restart["restart"] for r in faults.read_records(out)):
             faults.append_record(out, {**restart, "first_new_step": None,
@@ -191,7 +194,7 @@ def _launch_loop(
         if found["hang"]:
             ranks = sorted(found["hang"])
             cause = (f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} hung (watchdog, "
-                     f"stacks in {faults.faults_dir(out)}/hang-attempt{attempt}-rank*.txt)")
+                     f"stacks in {faults.faults_dir(out)}/hang-*-attempt{attempt}-rank*.txt)")
         else:
             cause = faults.describe_status(status)
         failed_steps.append(last_step + 1)
