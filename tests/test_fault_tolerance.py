@@ -417,3 +417,34 @@ def test_a_runs_train_config_json_does_not_carry_launch_state(tmp_path: Path) ->
     add_arguments(p)
     got = config_from_args(p.parse_args(["--config", str(tmp_path / "train_config.json")]))
     assert (got.resume_tag, got.attempt, got.restart, got.max_restarts) == (None, 0, None, 3)
+
+
+def test_one_process_run_with_max_restarts_goes_through_the_launcher(data: Path, tmp_path: Path) -> None:
+    """Without --num-procs, --max-restarts runs the one rank under DeepSpeed's launcher so that it
+    can be relaunched: the rank SIGKILLs itself at step 5 of the first launch, the run finishes."""
+    out = tmp_path / "run"
+    args = train_args(data, out, "--max-restarts", "1", "--debug-fault", "kill:0:5:1", "--steps", "6")
+    del args[args.index("--num-procs"):args.index("--num-procs") + 2]
+    r = run(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 rank(s) on cpu" in r.stderr
+    (rec,) = restarts(out)
+    assert rec["resumed_from"] == "step-3" and rec["first_new_step"] == 4
+    assert "killed by SIGKILL" in rec["cause"], rec["cause"]  # one rank: the launcher reports its status
+    assert sorted(losses(out)) == list(range(1, 7))
+
+
+def test_resume_with_latest_naming_a_deleted_checkpoint_uses_the_newest_complete_one(
+    reference: Path, tmp_path: Path
+) -> None:
+    from baichuan.faults import choose_checkpoint
+
+    ck = tmp_path / "checkpoints"
+    shutil.copytree(reference / "checkpoints", ck)
+    shutil.rmtree(ck / "step-12")
+    warnings: list[str] = []
+    assert choose_checkpoint(ck, warnings.append) == "step-9"
+    assert warnings == [f"baichuan train: warning: {ck / 'latest'} names step-12, which is missing; resuming from {ck / 'step-9'}"]
+    (ck / "latest").unlink()
+    assert choose_checkpoint(ck, warnings.append) == "step-9"
+    assert warnings[-1] == f"baichuan train: warning: {ck / 'latest'} is missing; resuming from {ck / 'step-9'}"

@@ -228,7 +228,8 @@ def preflight(cfg: TrainConfig) -> None:
         raise TrainingError(f"--init-from {cfg.init_from}: not found")
     _plan_run_dir(cfg)
     vocab_hint, data_sha = _tokenizer_vocab(cfg)
-    if cfg.resume and latest_tag(checkpoint_dir(cfg)) is not None:
+    ckpt = checkpoint_dir(cfg)
+    if cfg.resume and ((ckpt / "latest").exists() or any(ckpt.glob("step-*"))):  # checked when chosen (faults)
         return  # the checkpoint's recorded model and tokenizer win; the ranks check them
     vocab = _model_config(cfg, vocab_hint, None).vocab_size
     micro = int(ds.get("train_micro_batch_size_per_gpu", 1))
