@@ -258,6 +258,9 @@ def test_same_errors_from_the_tokenizer_and_the_corpus_job(tmp_path: Path) -> No
         cfg = TokenizeConfig(inputs=[str(tmp_path / "in.txt")], tokenizer=str(model), output=str(tmp_path / "out"))
         with pytest.raises(exc, match=model.name) as e1:
             Tokenizer.from_file(model)
+        job = _tokenizer.CorpusJob(cfg.to_json())
+        job.start()
+        job.wait(60)
         with pytest.raises(exc, match=model.name) as e2:
-            _tokenizer.tokenize_corpus(cfg.to_json())
+            job.result()
         assert type(e1.value) is type(e2.value) is exc

@@ -12,16 +12,21 @@ back to the constructor, continues with exactly the next batch (this is what che
    ranks never share a window. The position is ``(epoch, index)``: nothing else is needed to
    resume exactly. The tail of the stream shorter than one window is not used.
 
-2. :class:`TextDirSource` is upstream Baichuan-7B's layout: a directory of UTF-8 text files, one
-   document per line. Files are sorted and file ``i`` goes to rank ``i % W`` (upstream assigns
-   ``os.listdir`` order the same way). Each line is stripped, encoded, followed by EOS, and dropped
-   if the result is shorter than 20 tokens (upstream's ``MIN_TEXT_LEN`` rule). A background thread
+2. :class:`TextDirSource` is upstream Baichuan-7B's layout: a directory of text files, one
+   document per line. Files and documents are exactly those of ``baichuan tokenize`` on the same
+   directory: its Rust discovery (``_tokenizer.discover_inputs``) and its Rust document reader
+   (``_tokenizer.DocumentReader``: ``.gz``/``.zst``, universal newlines, JSONL, invalid UTF-8
+   dropped, stripped). File ``i`` goes to rank ``i % W`` (upstream assigns ``os.listdir`` order
+   the same way). Each document is encoded, followed by EOS, and dropped if the result is shorter
+   than 20 tokens (upstream's ``MIN_TEXT_LEN`` rule, ``baichuan tokenize``'s ``--min-tokens``
+   default). A background thread
    reads lines in batches and encodes them with the Rust tokenizer's ``encode_batch`` (which
    releases the GIL and uses its own threads); sequences of ``max_length + 1`` tokens are packed
    across documents and files and handed over through a bounded queue, so the corpus is never held
    in memory. Unlike upstream, the remainder of a file is carried into the next sequence instead
    of being thrown away. After the last file the rank starts its files again (next epoch). The
-   position is ``(epoch, file, byte offset of a line, tokens of that line already used)``.
+   position is ``(epoch, file, decompressed byte offset of a document, tokens of it already
+   used)``.
 
 A weighted mixture of shard directories (``--data 0.7:a/ 0.3:b/``) and the held-out sequences of
 validation are in :mod:`baichuan.mixture`, built on :class:`ShardSource`'s window reader.
@@ -298,20 +303,27 @@ class ShardSource:
 
 # ------------------------------------------------------------------------------------ text dir
 def list_text_files(data_dir: str | os.PathLike[str]) -> list[Path]:
-    """Regular, non-hidden files under ``data_dir`` (recursively), sorted by relative path."""
+    """The files ``baichuan tokenize`` reads under ``data_dir``, in its order (its Rust discovery:
+    recursive, sorted, hidden entries and our own outputs left out)."""
+    from baichuan import _tokenizer
+
     d = Path(data_dir)
     if not d.exists():
         raise DataError(f"training data not found: {d} does not exist")
     if not d.is_dir():
         raise DataError(f"{d}: expected a directory of text files or `baichuan tokenize` shards")
-    files = sorted(
-        p
-        for p in d.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts)
-    )
-    if not files:
+    names, warnings = _tokenizer.discover_inputs([os.fspath(d)])
+    for w in warnings:
+        _warn(w)
+    if not names:
         raise DataError(f"{d}: no text files found")
-    return files
+    return [Path(n) for n in names]
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"baichuan: warning: {message}", file=sys.stderr)
 
 
 @dataclass
@@ -387,28 +399,29 @@ class TextDirSource:
         return False
 
     def _read_lines(self, start: dict[str, int]):
-        """Yields batches of (text, epoch, file, offset, next_position) from the start position on."""
+        """Yields batches of (text, epoch, file, offset, next_position) from the start position on.
+
+        Documents come from the Rust reader of ``baichuan tokenize`` (``_tokenizer.DocumentReader``:
+        gzip/zstd, universal newlines, JSONL, invalid UTF-8 dropped, stripped); ``offset`` is a
+        document's start in its file's decompressed bytes."""
+        from baichuan import _tokenizer
+
         epoch, fi, offset = start["epoch"], start["file"], start["offset"]
         while not self._stop.is_set():
             path = self.files[fi]
             try:
-                f = open(path, "rb")
-            except OSError as e:
-                raise DataError(f"{path}: cannot open ({e.strerror})") from None
-            with f:
-                f.seek(offset)
-                batch: list[tuple[str, int, int, int]] = []
-                pos = offset
-                for raw in f:
-                    batch.append((raw.decode("utf-8", errors="ignore").strip(), epoch, fi, pos))
-                    pos += len(raw)
-                    if len(batch) >= self.lines_per_batch:
-                        yield batch, (epoch, fi, pos)
-                        batch = []
-                        if self._stop.is_set():
-                            return
-                if batch:
-                    yield batch, (epoch, fi, pos)
+                reader = _tokenizer.DocumentReader(os.fspath(path), offset)
+                while True:
+                    docs = reader.read(self.lines_per_batch)
+                    for w in reader.take_warnings():
+                        _warn(w)
+                    if not docs:
+                        break
+                    yield [(text, epoch, fi, pos) for pos, text in docs], (epoch, fi, reader.offset)
+                    if self._stop.is_set():
+                        return
+            except (OSError, _tokenizer.CorpusError) as e:
+                raise DataError(f"cannot read the training text: {e}") from None
             fi, offset = fi + 1, 0
             if fi == len(self.files):
                 fi, epoch = 0, epoch + 1

@@ -10,25 +10,24 @@ checks them field by field against ``../shared/spm-models/baichuan-7b.model``), 
   released model's pieces 5 and 6 are a real ``"\\n"`` and ``"\\t"`` (the pieces were edited after
   training); we train with ``"\\n"`` and ``"\\t"`` so that the result behaves like the released model.
 
-Input: text files (one sentence per line, as upstream), JSONL (a text field), ``.gz`` / ``.zst``;
-each line is stripped like Python's ``str.strip()`` and empty lines are skipped. Sampling of large
-corpora is sentencepiece's own: ``input_sentence_size`` sentences drawn uniformly from all input
-lines (``shuffle_input_sentence``), with a fixed seed.
+Input: exactly the documents ``baichuan tokenize`` makes of the same inputs (the same Rust file
+discovery and document reader: text files one document per line, JSONL's text field, ``.gz`` /
+``.zst``, invalid UTF-8 dropped, stripped like Python's ``str.strip()``), each handed to the
+trainer as one sentence; empty documents are skipped. Sampling of large corpora is
+sentencepiece's own: ``input_sentence_size`` sentences drawn uniformly from all of them
+(``shuffle_input_sentence``), with a fixed seed.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
-import json
 import os
 import re
 import sys
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from baichuan.errors import BaichuanError
 
@@ -163,25 +162,6 @@ class TrainTokenizerConfig:
         )
 
 
-def _open_text(path: Path) -> IO[str]:
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="ignore")
-    if name.endswith(".zst") or name.endswith(".zstd"):
-        import zstandard  # in the [train] extra
-
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))  # noqa: SIM115
-        return io.TextIOWrapper(raw, encoding="utf-8", errors="ignore")
-    return open(path, encoding="utf-8", errors="ignore")  # noqa: SIM115
-
-
-def _is_jsonl(path: Path) -> bool:
-    base = path.name.lower()
-    for suffix in (".gz", ".zstd", ".zst"):
-        base = base.removesuffix(suffix)
-    return base.endswith(".jsonl") or base.endswith(".ndjson")
-
-
 def discover_files(inputs: Sequence[str], warn: Callable[[str], None] | None = None) -> list[Path]:
     """Files, directories (recursive, sorted, hidden entries skipped) and glob patterns: exactly
     the files ``baichuan tokenize`` reads (its Rust discovery), so our own outputs (earlier
@@ -196,52 +176,33 @@ def discover_files(inputs: Sequence[str], warn: Callable[[str], None] | None = N
     return [Path(f) for f in files]
 
 
-def _read_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError, EOFError, zlib.error]
-    try:
-        import zstandard
+def iter_sentences(
+    files: Iterable[Path],
+    text_field: str = "text",
+    max_sentence_length: int | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Iterator[str]:
+    """The documents ``baichuan tokenize`` makes of the files, in its order and by its Rust reader
+    (``_tokenizer.DocumentReader``: gzip/zstd, universal newlines, JSONL text field, invalid UTF-8
+    dropped, stripped), less the empty ones and those longer than ``max_sentence_length`` bytes
+    (which sentencepiece's trainer would skip). A file that cannot be read (not gzip, truncated,
+    unreadable) raises :class:`TrainTokenizerError` naming it; the reader's warnings (a file that
+    looks binary, JSONL lines skipped) go to ``warn``."""
+    from baichuan import _tokenizer
 
-        errors.append(zstandard.ZstdError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-def iter_sentences(files: Iterable[Path], text_field: str = "text", max_sentence_length: int | None = None) -> Iterator[str]:
-    """Non-empty stripped lines (or JSONL text fields) of the files, in order. A file that cannot
-    be read (not gzip, truncated, unreadable) raises :class:`TrainTokenizerError` naming it."""
-    errors = _read_errors()
     for path in files:
         try:
-            yield from _file_sentences(path, text_field, max_sentence_length)
-        except errors as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
-            raise TrainTokenizerError(f"{path}: cannot read it: {reason}") from e
-
-
-def _file_sentences(path: Path, text_field: str, max_sentence_length: int | None) -> Iterator[str]:
-    jsonl = _is_jsonl(path)
-    with _open_text(path) as f:
-        for line in f:
-            if jsonl:
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                text = obj.get(text_field) if isinstance(obj, dict) else None
-                if not isinstance(text, str):
-                    continue
-                # sentencepiece trains on lines: a multi-line text gives one sentence per line
-                for part in text.splitlines():
-                    part = part.strip()
-                    if part:
-                        yield part
-                continue
-            line = line.strip()
-            if line and (max_sentence_length is None or len(line.encode("utf-8")) <= max_sentence_length):
-                yield line
+            reader = _tokenizer.DocumentReader(os.fspath(path), text_field=text_field)
+            while docs := reader.read(4096):
+                for _, text in docs:
+                    if text and (max_sentence_length is None or len(text.encode("utf-8")) <= max_sentence_length):
+                        yield text
+            warnings = reader.take_warnings()
+        except (OSError, _tokenizer.CorpusError) as e:
+            raise TrainTokenizerError(f"cannot read a training input: {e}") from None
+        if warn is not None:
+            for w in warnings:
+                warn(w)
 
 
 @dataclass
@@ -272,7 +233,7 @@ def train_tokenizer(cfg: TrainTokenizerConfig, warn: Callable[[str], None] | Non
 
     def sentences() -> Iterator[str]:
         nonlocal count
-        for s in iter_sentences(files, cfg.text_field, cfg.max_sentence_length):
+        for s in iter_sentences(files, cfg.text_field, cfg.max_sentence_length, warn):
             count += 1
             yield s
 
@@ -302,7 +263,7 @@ def train_tokenizer(cfg: TrainTokenizerConfig, warn: Callable[[str], None] | Non
             raise TrainTokenizerError(translate_trainer_error(str(e))) from None
         raise
     if count == 0:
-        raise TrainTokenizerError("the inputs hold no non-empty line to train on")
+        raise TrainTokenizerError("the inputs hold no non-empty document to train on")
     model_path = Path(f"{prefix}.model")
     vocab_path = Path(f"{prefix}.vocab")
     tmp = Path(f"{model_path}.tmp")

@@ -1221,7 +1221,7 @@ fn reader(ctx: &Ctx<'_>, start_file: usize, skip_until: Option<u64>, stop: &Atom
                         Ok(None) => break,
                         Ok(Some(span)) => {
                             if let Some(v) = sniff.feed(&out.chunk.data[start..]) {
-                                ctx.progress.warn(binary_warning(&f.path, v, cfg.invalid_utf8));
+                                ctx.progress.warn(input::binary_warning(&f.path, v, cfg.invalid_utf8));
                             }
                             let held = is_held_out(key, ordinal, cfg.holdout_per_million);
                             ordinal += 1;
@@ -1259,7 +1259,7 @@ fn reader(ctx: &Ctx<'_>, start_file: usize, skip_until: Option<u64>, stop: &Atom
         }
         ctx.progress.raw_bytes_read.store(counter.load(Ordering::Relaxed), Ordering::Relaxed);
         if let Some(v) = sniff.finish() {
-            ctx.progress.warn(binary_warning(&f.path, v, cfg.invalid_utf8));
+            ctx.progress.warn(input::binary_warning(&f.path, v, cfg.invalid_utf8));
         }
         if let Some(e) = failed {
             if cfg.skip_bad_files {
@@ -1274,21 +1274,6 @@ fn reader(ctx: &Ctx<'_>, start_file: usize, skip_until: Option<u64>, stop: &Atom
         }
     }
     out.flush();
-}
-
-/// The warning for a file that looks binary (see `input::BinarySniffer`).
-fn binary_warning(path: &Path, v: input::BinaryVerdict, policy: Utf8Policy) -> String {
-    let what = match policy {
-        Utf8Policy::Ignore => "dropped (--invalid-utf8 ignore)",
-        Utf8Policy::Replace => "replaced by U+FFFD (--invalid-utf8 replace)",
-    };
-    format!(
-        "{}: mostly not UTF-8 text: {}% of its first {} bytes are invalid UTF-8 or NUL (binary data, or another \
-         encoding?); read anyway, invalid bytes {what}",
-        path.display(),
-        v.bad * 100 / v.seen.max(1),
-        v.seen
-    )
 }
 
 fn worker<E: Encode>(ctx: &Ctx<'_>, enc: &E, work_rx: &Mutex<Receiver<Chunk>>, res_tx: &Sender<Encoded>) {
@@ -1321,26 +1306,18 @@ fn encode_chunk<E: Encode>(ctx: &Ctx<'_>, enc: &E, chunk: Chunk) -> Encoded {
                 let bytes = &chunk.data[start..start + len];
                 let (text, invalid_utf8) = input::decode_utf8(bytes, cfg.invalid_utf8);
                 let jsonl = ctx.files[file as usize].jsonl;
-                let owned;
-                let text: &str = if jsonl {
-                    match input::jsonl_text(&text, &cfg.text_field) {
-                        Ok(Some(t)) => {
-                            owned = t;
-                            &owned
-                        }
-                        Ok(None) => {
-                            items.push(OutItem::Doc { file, span, invalid_utf8, outcome: Outcome::Empty, held });
-                            continue;
-                        }
-                        Err(reason) => {
-                            items.push(OutItem::Doc { file, span, invalid_utf8, outcome: Outcome::BadJson(reason), held });
-                            continue;
-                        }
+                let text = match input::document_text(&text, jsonl, &cfg.text_field, cfg.strip) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => {
+                        items.push(OutItem::Doc { file, span, invalid_utf8, outcome: Outcome::Empty, held });
+                        continue;
                     }
-                } else {
-                    &text
+                    Err(reason) => {
+                        items.push(OutItem::Doc { file, span, invalid_utf8, outcome: Outcome::BadJson(reason), held });
+                        continue;
+                    }
                 };
-                let text = if cfg.strip { input::python_strip(text) } else { text };
+                let text: &str = &text;
                 let before = tokens.len();
                 if !text.is_empty() {
                     enc.encode_into(text, &mut tokens);

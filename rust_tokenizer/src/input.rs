@@ -651,6 +651,226 @@ pub fn jsonl_text(line: &str, field: &str) -> std::result::Result<Option<String>
     }
 }
 
+/// How [`DocReader`] turns a file into documents: the same options, with the same meaning and
+/// defaults, as a `baichuan tokenize` job's (`CorpusConfig`).
+#[derive(Debug, Clone)]
+pub struct DocOptions {
+    pub doc_per: DocPer,
+    pub input_format: InputFormat,
+    pub text_field: String,
+    pub invalid_utf8: Utf8Policy,
+    pub strip: bool,
+    pub max_doc_bytes: usize,
+}
+
+impl Default for DocOptions {
+    fn default() -> Self {
+        DocOptions {
+            doc_per: DocPer::Line,
+            input_format: InputFormat::Auto,
+            text_field: "text".into(),
+            invalid_utf8: Utf8Policy::Ignore,
+            strip: true,
+            max_doc_bytes: 256 << 20,
+        }
+    }
+}
+
+/// A document's text after `baichuan tokenize`'s reading rules: the UTF-8 policy applied, the
+/// JSONL text field extracted, stripped (under `strip`). `None` for a line that is never a
+/// document (a blank JSONL line); `Err(reason)` for a JSONL line without a string text field.
+/// The one implementation, used by the bulk job's workers and by [`DocReader`].
+pub fn document_text<'a>(
+    text: &'a str,
+    jsonl: bool,
+    opts_text_field: &str,
+    strip: bool,
+) -> std::result::Result<Option<Cow<'a, str>>, String> {
+    let text: Cow<'a, str> = if jsonl {
+        match jsonl_text(text, opts_text_field)? {
+            Some(t) => Cow::Owned(t),
+            None => return Ok(None),
+        }
+    } else {
+        Cow::Borrowed(text)
+    };
+    Ok(Some(match text {
+        Cow::Borrowed(t) if strip => Cow::Borrowed(python_strip(t)),
+        Cow::Owned(t) if strip => {
+            let s = python_strip(&t);
+            if s.len() == t.len() {
+                Cow::Owned(t)
+            } else {
+                Cow::Owned(s.to_string())
+            }
+        }
+        t => t,
+    }))
+}
+
+/// Opens a file decompressed (by its name, as [`open_input`]), positioned at decompressed byte
+/// `start` (a document boundary: an earlier document's end). A plain file seeks; a compressed one
+/// is decompressed up to `start` and that much thrown away.
+fn open_decompressed_at(path: &Path, start: u64) -> Result<Box<dyn BufRead + Send>> {
+    use std::io::{Seek, SeekFrom};
+    let io_err = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut file = File::open(path).map_err(io_err)?;
+    if file.metadata().map_err(io_err)?.is_dir() {
+        return Err(Error::Input { path: path.to_path_buf(), reason: "is a directory".into() });
+    }
+    let mut reader: Box<dyn BufRead + Send> = match Compression::from_path(path) {
+        Compression::None => {
+            file.seek(SeekFrom::Start(start)).map_err(io_err)?;
+            return Ok(Box::new(BufReader::with_capacity(READ_BUF, file)));
+        }
+        Compression::Gzip => Box::new(BufReader::with_capacity(
+            READ_BUF,
+            flate2::read::MultiGzDecoder::new(BufReader::with_capacity(READ_BUF, file)),
+        )),
+        Compression::Zstd => {
+            let dec = zstd::stream::read::Decoder::new(file).map_err(io_err)?;
+            Box::new(BufReader::with_capacity(READ_BUF, dec))
+        }
+    };
+    let skipped = io::copy(&mut (&mut reader).take(start), &mut io::sink()).map_err(io_err)?;
+    if skipped != start {
+        return Err(Error::Input {
+            path: path.to_path_buf(),
+            reason: format!("cannot start reading at decompressed byte {start}: the file holds {skipped}"),
+        });
+    }
+    Ok(reader)
+}
+
+/// One document read by [`DocReader`]: its text and where it starts in the file's decompressed
+/// bytes (reading again from `start` gives it again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub start: u64,
+    pub text: String,
+}
+
+/// The documents of one input file, in order, exactly as `baichuan tokenize` reads them
+/// (decompression, line splitting, UTF-8 policy, JSONL, strip; the binary-data warning), from a
+/// decompressed byte offset on. Streams: holds one document and the read buffers. What a consumer
+/// does with a document (tokenize, EOS, `--min-tokens`) is the consumer's.
+///
+/// Blank JSONL lines and JSONL lines without a string text field are not documents (the bulk
+/// job counts the latter as `bad_json`); a blank text line is an empty document.
+pub struct DocReader {
+    path: PathBuf,
+    reader: Box<dyn BufRead + Send>,
+    splitter: Splitter,
+    sniff: BinarySniffer,
+    opts: DocOptions,
+    jsonl: bool,
+    buf: Vec<u8>,
+    /// Decompressed offset after the last document read.
+    pub offset: u64,
+    pub bad_json: u64,
+    first_bad_json: Option<String>,
+    pub invalid_utf8: u64,
+    warnings: Vec<String>,
+    done: bool,
+}
+
+impl DocReader {
+    pub fn open(path: &Path, start: u64, opts: DocOptions) -> Result<Self> {
+        let jsonl = is_jsonl(path, opts.input_format);
+        let per = if jsonl { DocPer::Line } else { opts.doc_per };
+        let reader = open_decompressed_at(path, start)?;
+        let mut splitter = Splitter::new(per, opts.max_doc_bytes);
+        splitter.offset = start;
+        Ok(DocReader {
+            path: path.to_path_buf(),
+            reader,
+            splitter,
+            sniff: BinarySniffer::default(),
+            opts,
+            jsonl,
+            buf: Vec::new(),
+            offset: start,
+            bad_json: 0,
+            first_bad_json: None,
+            invalid_utf8: 0,
+            warnings: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// The next document, or None at the end of the file. An unreadable or corrupt file is an
+    /// error naming it.
+    pub fn next_doc(&mut self) -> Result<Option<Document>> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            self.buf.clear();
+            let span = match self.splitter.next_doc(&mut *self.reader, &mut self.buf) {
+                Ok(Some(span)) => span,
+                Ok(None) => {
+                    self.finish();
+                    return Ok(None);
+                }
+                Err(source) => {
+                    self.done = true;
+                    return Err(Error::Io { path: self.path.clone(), source });
+                }
+            };
+            if let Some(v) = self.sniff.feed(&self.buf) {
+                self.warnings.push(binary_warning(&self.path, v, self.opts.invalid_utf8));
+            }
+            self.offset = span.end;
+            let start = span.end - span.consumed;
+            let (text, bad) = decode_utf8(&self.buf, self.opts.invalid_utf8);
+            self.invalid_utf8 += bad;
+            match document_text(&text, self.jsonl, &self.opts.text_field, self.opts.strip) {
+                Ok(Some(t)) => return Ok(Some(Document { start, text: t.into_owned() })),
+                Ok(None) => continue,
+                Err(reason) => {
+                    self.bad_json += 1;
+                    self.first_bad_json.get_or_insert_with(|| format!("byte {start}: {reason}"));
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(v) = self.sniff.finish() {
+            self.warnings.push(binary_warning(&self.path, v, self.opts.invalid_utf8));
+        }
+        if let Some(first) = &self.first_bad_json {
+            self.warnings.push(format!(
+                "{}: {} JSONL line(s) skipped: not a JSON object with a string {:?} field (first at {first})",
+                self.path.display(),
+                self.bad_json,
+                self.opts.text_field
+            ));
+        }
+    }
+
+    /// Warnings given since the last call: the file looks binary; JSONL lines skipped.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+}
+
+/// The warning for a file that looks binary (see [`BinarySniffer`]).
+pub fn binary_warning(path: &Path, v: BinaryVerdict, policy: Utf8Policy) -> String {
+    let what = match policy {
+        Utf8Policy::Ignore => "dropped (--invalid-utf8 ignore)",
+        Utf8Policy::Replace => "replaced by U+FFFD (--invalid-utf8 replace)",
+    };
+    format!(
+        "{}: mostly not UTF-8 text: {}% of its first {} bytes are invalid UTF-8 or NUL (binary data, or another \
+         encoding?); read anyway, invalid bytes {what}",
+        path.display(),
+        v.bad * 100 / v.seen.max(1),
+        v.seen
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -880,5 +1100,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn read_all(path: &Path, start: u64, opts: &DocOptions) -> Vec<Document> {
+        let mut r = DocReader::open(path, start, opts.clone()).unwrap();
+        let mut out = Vec::new();
+        while let Some(d) = r.next_doc().unwrap() {
+            out.push(d);
+        }
+        out
+    }
+
+    /// DocReader: the tokenize reading rules on each kind of file, and reading again from any
+    /// document's start gives the same rest (what exact resume relies on).
+    #[test]
+    fn doc_reader_rules_and_restart() {
+        use std::io::Write;
+        let root = tmpdir("docreader");
+        let plain = b"  one \r\ntwo\rthree\r\r\n\xffbad\xe4\xbd\n".to_vec();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&plain).unwrap();
+        std::fs::write(root.join("a.txt"), &plain).unwrap();
+        std::fs::write(root.join("b.txt.gz"), gz.finish().unwrap()).unwrap();
+        std::fs::write(root.join("c.txt.zst"), zstd::encode_all(&plain[..], 3).unwrap()).unwrap();
+        let jsonl = b"{\"text\": \" x\\ny \"}\n\n[1]\n{\"text\": \"z\"}\r\n";
+        std::fs::write(root.join("d.jsonl"), jsonl).unwrap();
+        let opts = DocOptions::default();
+        let want = ["one", "two", "three", "", "bad"];
+        for name in ["a.txt", "b.txt.gz", "c.txt.zst"] {
+            let docs = read_all(&root.join(name), 0, &opts);
+            assert_eq!(docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>(), want, "{name}");
+            for (i, d) in docs.iter().enumerate() {
+                assert_eq!(read_all(&root.join(name), d.start, &opts), docs[i..].to_vec(), "{name} from {}", d.start);
+            }
+        }
+        let mut r = DocReader::open(&root.join("d.jsonl"), 0, opts.clone()).unwrap();
+        assert_eq!(r.next_doc().unwrap().map(|d| d.text), Some("x\ny".to_string()));
+        assert_eq!(r.next_doc().unwrap(), Some(Document { start: 24, text: "z".into() }));
+        assert_eq!(r.next_doc().unwrap(), None);
+        assert_eq!(r.bad_json, 1);
+        let w = r.take_warnings();
+        assert!(w.len() == 1 && w[0].contains("1 JSONL line(s) skipped"), "{w:?}");
+        let per_file = DocOptions { doc_per: DocPer::File, strip: false, invalid_utf8: Utf8Policy::Replace, ..opts.clone() };
+        let whole = read_all(&root.join("b.txt.gz"), 0, &per_file);
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].text, "  one \r\ntwo\rthree\r\r\n\u{FFFD}bad\u{FFFD}\n");
+        // a start past the end of a compressed file is an error naming it
+        let e = DocReader::open(&root.join("b.txt.gz"), 1000, opts.clone()).err().unwrap().to_string();
+        assert!(e.contains("b.txt.gz") && e.contains("decompressed byte 1000"), "{e}");
+        std::fs::write(root.join("bad.gz"), b"not gzip at all").unwrap();
+        let mut r = DocReader::open(&root.join("bad.gz"), 0, opts).unwrap();
+        assert!(r.next_doc().unwrap_err().to_string().contains("bad.gz"));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -170,19 +170,6 @@ impl CorpusJob {
     }
 }
 
-/// Runs a job to the end on the calling thread with the GIL released (no progress reporting).
-#[pyfunction]
-fn tokenize_corpus(py: Python<'_>, config_json: &str) -> PyResult<String> {
-    let cfg = CorpusConfig::from_json(config_json).map_err(to_py)?;
-    py.detach(move || {
-        let progress = Progress::default();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| corpus::run(&cfg, &progress)));
-        let m = r.unwrap_or_else(|_| Err(Error::Internal("the corpus job panicked".into())))?;
-        serde_json::to_string(&m).map_err(|e| Error::Internal(e.to_string()))
-    })
-    .map_err(to_py)
-}
-
 /// The files `baichuan tokenize` would read for `inputs`, in its order, leaving out our own
 /// outputs (docs/formats.md): `(files, warnings)`, one warning line per directory left out.
 /// `train-tokenizer` uses it so both commands read the same files.
@@ -199,10 +186,90 @@ fn parse_partition(spec: &str) -> PyResult<(usize, usize)> {
     corpus::parse_partition(spec).map_err(to_py)
 }
 
+fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> PyResult<T> {
+    serde_json::from_value(serde_json::Value::String(value.to_string()))
+        .map_err(|_| to_py(Error::Config(format!("{what} {value:?} is not one of the accepted values"))))
+}
+
+/// The documents of one input file exactly as `baichuan tokenize` reads them (the Rust reader,
+/// `input::DocReader`): `DocumentReader(path, start=0, doc_per="line", input_format="auto",
+/// text_field="text", invalid_utf8="ignore", strip=True, max_doc_bytes=256 MiB)`. `read(n)`
+/// returns up to `n` `(start, text)` pairs (an empty list at the end of the file), reading and
+/// decompressing with the GIL released; `start` is the document's decompressed byte offset, and a
+/// reader opened at it reads that document again. `offset` is where the last document read ends.
+#[pyclass(module = "baichuan._tokenizer")]
+pub struct DocumentReader {
+    inner: Mutex<crate::input::DocReader>,
+}
+
+#[pymethods]
+impl DocumentReader {
+    #[new]
+    #[pyo3(signature = (path, start=0, *, doc_per="line", input_format="auto", text_field="text", invalid_utf8="ignore", strip=true, max_doc_bytes=256 << 20))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        start: u64,
+        doc_per: &str,
+        input_format: &str,
+        text_field: &str,
+        invalid_utf8: &str,
+        strip: bool,
+        max_doc_bytes: usize,
+    ) -> PyResult<Self> {
+        let opts = crate::input::DocOptions {
+            doc_per: parse_enum("doc_per", doc_per)?,
+            input_format: parse_enum("input_format", input_format)?,
+            text_field: text_field.to_string(),
+            invalid_utf8: parse_enum("invalid_utf8", invalid_utf8)?,
+            strip,
+            max_doc_bytes,
+        };
+        let r = py.detach(move || crate::input::DocReader::open(&path, start, opts)).map_err(to_py)?;
+        Ok(DocumentReader { inner: Mutex::new(r) })
+    }
+
+    /// Up to `max_docs` documents as `(start, text)`; an empty list at the end of the file.
+    fn read(&self, py: Python<'_>, max_docs: usize) -> PyResult<Vec<(u64, String)>> {
+        let inner = &self.inner;
+        let docs = py.detach(move || -> crate::error::Result<Vec<(u64, String)>> {
+            let mut r = inner.lock().map_err(|_| Error::Internal("reader state poisoned".into()))?;
+            let mut out = Vec::with_capacity(max_docs.min(4096));
+            while out.len() < max_docs {
+                match r.next_doc()? {
+                    Some(d) => out.push((d.start, d.text)),
+                    None => break,
+                }
+            }
+            Ok(out)
+        });
+        docs.map_err(to_py)
+    }
+
+    /// The decompressed byte offset after the last document read.
+    #[getter]
+    fn offset(&self) -> PyResult<u64> {
+        Ok(self.inner.lock().map_err(|_| PyRuntimeError::new_err("reader state poisoned"))?.offset)
+    }
+
+    /// JSONL lines skipped so far (not a JSON object with a string text field).
+    #[getter]
+    fn bad_json(&self) -> PyResult<u64> {
+        Ok(self.inner.lock().map_err(|_| PyRuntimeError::new_err("reader state poisoned"))?.bad_json)
+    }
+
+    /// Warnings given since the last call (one line each, naming the file): it looks binary;
+    /// JSONL lines were skipped (given at the end of the file).
+    fn take_warnings(&self) -> PyResult<Vec<String>> {
+        Ok(self.inner.lock().map_err(|_| PyRuntimeError::new_err("reader state poisoned"))?.take_warnings())
+    }
+}
+
 /// Adds the corpus names to the native module (called from py.rs).
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CorpusJob>()?;
-    m.add_function(wrap_pyfunction!(tokenize_corpus, m)?)?;
+    m.add_class::<DocumentReader>()?;
     m.add_function(wrap_pyfunction!(discover_inputs, m)?)?;
     m.add_function(wrap_pyfunction!(parse_partition, m)?)?;
     Ok(())
