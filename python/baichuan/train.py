@@ -911,6 +911,20 @@ def _interrupted_line(cfg: TrainConfig) -> str:
     return f"{where}; continue with --resume (--output-dir {cfg.output_dir})"
 
 
+def _is_collective_failure(e: BaseException) -> bool:
+    """A torch.distributed error from gloo/NCCL (a peer gone, a timeout), not a bug of ours."""
+    try:
+        import torch.distributed as dist
+
+        if isinstance(e, getattr(dist, "DistError", ())):
+            return True
+    except ImportError:
+        pass
+    text = str(e)
+    return any(k in text for k in ("/gloo/", "Gloo", "NCCL", "ProcessGroup", "Connection reset by peer",
+                                   "Connection closed by peer"))
+
+
 def run_and_report(cfg: TrainConfig) -> int:
     """Run one rank; a clear one-line error and exit status 2 for bad input."""
     from baichuan.data import DataError
@@ -924,6 +938,15 @@ def run_and_report(cfg: TrainConfig) -> int:
 
             note_error(Path(cfg.output_dir), cfg.attempt, DistEnv.from_env().rank, f"baichuan train: error: {e}")
         return 2
+    except RuntimeError as e:
+        if not _is_collective_failure(e):
+            raise
+        # Another rank died or hung: this one's collective broke. One line; the launcher restarts the
+        # job (--max-restarts) or reports the failure.
+        first = " ".join(str(e).split())[:240]
+        print(f"baichuan train: rank {DistEnv.from_env().rank}: a collective failed (another rank failed or "
+              f"stopped?): {first}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt as e:  # Ctrl-C (or SIGTERM, one process): one line (rank 0), no traceback
         what = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
         if DistEnv.from_env().rank == 0:
