@@ -152,3 +152,17 @@ def test_tokenizer_trainer_gets_the_same_documents(corpus: dict, monkeypatch: py
     assert handed == [t for t in corpus["texts"] if t]
     enc = corpus["encode"]
     assert [ids + [2] for ids in enc(handed)] == [d for d in corpus["shards"][1] if d != [2]]
+
+
+def test_an_unreadable_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    from baichuan.data import DataError
+
+    d = tmp_path / "t"
+    d.mkdir()
+    (d / "a.txt.gz").write_bytes(b"plain text under a .gz name\n")
+    src = TextDirSource(list_text_files(d), lambda ts: [[5] * 30 for _ in ts], 2, 9, 1, 0, 1)
+    try:
+        with pytest.raises(DataError, match=r"a\.txt\.gz: cannot read it: invalid gzip header"):
+            src.next_batch()
+    finally:
+        src.close()

@@ -285,7 +285,7 @@ def test_train_tokenizer_errors_name_the_file_and_our_flags(text_dir: Path, tmp_
     notgz.write_bytes(b"hello, plain text under a .gz name\n")
     base = ["train-tokenizer", "--model-prefix", str(tmp_path / "m"), "--symbols", "none", "--reserved", "0"]
     line = one_error_line(cli(*base, "--input", str(text_dir), str(notgz), "--vocab-size", "300"), "train-tokenizer")
-    assert line == f"baichuan train-tokenizer: error: {notgz}: cannot read it: Not a gzipped file (b'he')"
+    assert line == f"baichuan train-tokenizer: error: {notgz}: cannot read it: invalid gzip header"  # tokenize's reader
     truncated = tmp_path / "cut.txt.gz"
     truncated.write_bytes(gzip.compress((text_dir / "t0.csv").read_bytes())[:-100])
     line = one_error_line(cli(*base, "--input", str(truncated), "--vocab-size", "300"), "train-tokenizer")

@@ -421,7 +421,8 @@ class TextDirSource:
                     if self._stop.is_set():
                         return
             except (OSError, _tokenizer.CorpusError) as e:
-                raise DataError(f"cannot read the training text: {e}") from None
+                reason = str(e).removeprefix(f"{os.fspath(path)}: ")
+                raise DataError(f"{path}: cannot read it: {reason}") from None
             fi, offset = fi + 1, 0
             if fi == len(self.files):
                 fi, epoch = 0, epoch + 1

@@ -199,7 +199,8 @@ def iter_sentences(
                         yield text
             warnings = reader.take_warnings()
         except (OSError, _tokenizer.CorpusError) as e:
-            raise TrainTokenizerError(f"cannot read a training input: {e}") from None
+            reason = str(e).removeprefix(f"{os.fspath(path)}: ")
+            raise TrainTokenizerError(f"{path}: cannot read it: {reason}") from None
         if warn is not None:
             for w in warnings:
                 warn(w)
