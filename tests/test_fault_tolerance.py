@@ -137,7 +137,7 @@ def test_a_failure_that_repeats_gives_up_after_max_restarts(data: Path, tmp_path
     out = tmp_path / "run"
     r = run(train_args(data, out, "--max-restarts", "1", "--debug-fault", "kill:1:5"))
     assert r.returncode != 0
-    (line,) = [x for x in ours(r.stderr) if "error" in x]
+    (line,) = [x for x in ours(r.stderr) if x.startswith("baichuan train: error:")]
     assert line.startswith("baichuan train: error: giving up after 1 restart(s): a rank ")
     assert "the last 2 launches all failed at step 5: the failure repeats" in line
     assert f"see {out / 'restarts.jsonl'}" in line
@@ -242,7 +242,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint_and_stops(data:
     r = run(train_args(data, out, "--max-restarts", "2", "--debug-fault", "write-error:0:6"))
     assert r.returncode == 2
     ck = out / "checkpoints"
-    errors = [x for x in ours(r.stderr) if "error" in x]
+    errors = [x for x in ours(r.stderr) if x.startswith("baichuan train: error:")]
     assert errors == [
         f"baichuan train: error: checkpoint {ck / 'step-6'} could not be written on rank 0 (No space left on device "
         f"(--debug-fault): {ck / 'step-6'}); {ck / 'latest'} still names the previous complete checkpoint {ck / 'step-3'}"
