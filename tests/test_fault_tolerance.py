@@ -275,7 +275,7 @@ def test_launcher_gives_up_after_max_restarts(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert (tmp_path / "launches").read_text() == "xxxx"  # the first launch and 3 restarts
     assert [x.split(";")[0] for x in ours(r.stderr)] == [
-        *(f"baichuan train: a rank exited with status 1 after step 0" for _ in range(3)),
+        *("baichuan train: a rank exited with status 1 after step 0" for _ in range(3)),
         "baichuan train: error: giving up after 3 restart(s): a rank exited with status 1",
     ]
     assert "the last 4 launches all failed at step 1: the failure repeats" in r.stderr
@@ -407,10 +407,10 @@ def test_fault_flags_are_checked_before_anything_starts(
 
 
 def test_a_runs_train_config_json_does_not_carry_launch_state(tmp_path: Path) -> None:
+    import argparse
+
     from baichuan.commands.train import add_arguments, config_from_args
     from baichuan.train_config import TrainConfig
-
-    import argparse
 
     cfg = TrainConfig(data="d", resume_tag="step-3", attempt=2, restart={"restart": 2}, max_restarts=3)
     cfg.to_json_file(tmp_path / "train_config.json")
@@ -445,7 +445,9 @@ def test_resume_with_latest_naming_a_deleted_checkpoint_uses_the_newest_complete
     shutil.rmtree(ck / "step-12")
     warnings: list[str] = []
     assert choose_checkpoint(ck, warnings.append) == "step-9"
-    assert warnings == [f"baichuan train: warning: {ck / 'latest'} names step-12, which is missing; resuming from {ck / 'step-9'}"]
+    assert warnings == [
+        f"baichuan train: warning: {ck / 'latest'} names step-12, which is missing; resuming from {ck / 'step-9'}"
+    ]
     (ck / "latest").unlink()
     assert choose_checkpoint(ck, warnings.append) == "step-9"
     assert warnings[-1] == f"baichuan train: warning: {ck / 'latest'} is missing; resuming from {ck / 'step-9'}"

@@ -219,7 +219,8 @@ class Watchdog:
     def _fire(self, waited: float, limit: float) -> None:
         d = faults_dir(self.run_dir)
         path = d / f"hang-{_stamp()}-attempt{self.attempt}-rank{self.rank}.txt"
-        how = "--hang-timeout" if self.fixed is not None else f"{HANG_FACTOR:g}x the median step time, at least {HANG_FLOOR_S:g} s"
+        how = ("--hang-timeout" if self.fixed is not None
+               else f"{HANG_FACTOR:g}x the median step time, at least {HANG_FLOOR_S:g} s")
         head = (f"rank {self.rank}: no step completed for {waited:.1f} s (limit {limit:.1f} s: {how}); "
                 f"last completed step {self.last_step}; pid {os.getpid()}; {_utc(time.time())}")
         try:

@@ -19,8 +19,6 @@ environment (``TORCH_EXTENSIONS_DIR``, unless set, is a folder of this environme
 
 from __future__ import annotations
 
-from baichuan.errors import BaichuanError
-
 import hashlib
 import os
 import re
@@ -33,6 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from baichuan.errors import BaichuanError
 from baichuan.train_config import TrainConfig
 
 _HOST_LINE = re.compile(r"^(?P<host>[A-Za-z0-9_.\-\[\]:]+)\s+slots\s*=\s*(?P<slots>\d+)\s*$")

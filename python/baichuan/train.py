@@ -32,8 +32,6 @@ MFU = TFLOPS / ``peak_tflops`` (989 for H100/H200 dense bf16).
 
 from __future__ import annotations
 
-from baichuan.errors import BaichuanError
-
 import json
 import math
 import os
@@ -45,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from baichuan.errors import BaichuanError
 from baichuan.train_config import TrainConfig, build_deepspeed_config, precision_of
 
 
@@ -214,7 +213,6 @@ def preflight(cfg: TrainConfig) -> None:
     """What the ranks would refuse, checked in the launching process before DeepSpeed starts:
     flags, DeepSpeed JSON, data, tokenizer, model config and the run directory (no torch import)."""
     from baichuan import data as data_mod
-
     from baichuan import mixture
 
     cfg.validate()
@@ -283,7 +281,6 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 
 
 def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
-    import numpy as np
     import torch
 
     from baichuan import data as data_mod

@@ -174,9 +174,9 @@ def run(args: argparse.Namespace) -> int:
                 parse_hostfile(args.hostfile)
             preflight(cfg)
             if args.num_procs or args.hostfile or cfg.max_restarts:  # restarts need the launcher
-                from baichuan.launch import launch
-
                 import shlex
+
+                from baichuan.launch import launch
 
                 return launch(cfg, args.num_procs, args.hostfile, args.master_port,
                               launcher_args=shlex.split(args.launcher_args))
