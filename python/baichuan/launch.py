@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from baichuan.errors import BaichuanError
 from baichuan.train_config import TrainConfig
@@ -358,7 +359,7 @@ def use_environment_extensions_dir() -> Path:
     return Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir())))
 
 
-def announce_extension_build(stream: object = None) -> bool:
+def announce_extension_build(stream: TextIO | None = None) -> bool:
     """Print one line when DeepSpeed's CPU extension is not built yet in this environment (its first
     CPU launch compiles it for a minute or more with no output). Returns whether it printed."""
     root = use_environment_extensions_dir()

@@ -221,7 +221,8 @@ def preflight(cfg: TrainConfig) -> None:
     data_path = Path(specs[0].path)
     for spec in specs:
         if not Path(spec.path).exists():
-            raise data_mod.DataError(f"training data not found: {spec.path}" + (f" (--data {spec.given})" if len(specs) > 1 else ""))
+            given = f" (--data {spec.given})" if len(specs) > 1 else ""
+            raise data_mod.DataError(f"training data not found: {spec.path}{given}")
     if cfg.init_from and not Path(cfg.init_from).exists():
         raise TrainingError(f"--init-from {cfg.init_from}: not found")
     _plan_run_dir(cfg)
@@ -426,7 +427,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
     if init_state is not None:
         from baichuan.checkpoint import check_state_dict
 
-        model.load_state_dict(check_state_dict(model, init_state, cfg.init_from), strict=True)
+        model.load_state_dict(check_state_dict(model, init_state, str(cfg.init_from)), strict=True)
         del init_state
 
     engine, _, _, scheduler = deepspeed.initialize(
