@@ -46,7 +46,9 @@ import subprocess
 import sys
 import time
 
-PEAK = 989.4e12
+from baichuan.units import H100_BF16_PEAK_TFLOPS
+
+PEAK = H100_BF16_PEAK_TFLOPS * 1e12
 
 
 class _PlainEngine:

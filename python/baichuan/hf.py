@@ -42,6 +42,7 @@ from baichuan.checkpoint import (
     torch_load_plain,
 )
 from baichuan.config import ModelConfig
+from baichuan.units import SizeError, parse_size
 
 if TYPE_CHECKING:
     import torch
@@ -410,19 +411,14 @@ def load_pretrained(
 # ---------------------------------------------------------------------------------------------
 # writing a transformers folder
 # ---------------------------------------------------------------------------------------------
-def parse_size(size: str | int) -> int:
-    """'2GB', '500MB', '10KB' or a byte count."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", size, flags=re.IGNORECASE)
-    if not m:
-        raise ValueError(f"--max-shard-size: cannot parse size {size!r} (e.g. 2GB, 500MB)")
-    unit = (m.group(2) or "B").upper()
-    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
-    n = int(float(m.group(1)) * mult)
-    if n <= 0:
-        raise ValueError(f"--max-shard-size: must be more than 0 bytes, got {size!r}")
-    return n
+def _shard_size(size: str | int) -> int:
+    """``--max-shard-size``: '2GB', '500MB', '10KB' or a byte count (baichuan.units.parse_size)."""
+    try:
+        return parse_size(size)
+    except SizeError as e:
+        if e.value is None:
+            raise ValueError(f"--max-shard-size: cannot parse size {size!r} (e.g. 2GB, 500MB)") from None
+        raise ValueError(f"--max-shard-size: must be more than 0 bytes, got {size!r}") from None
 
 
 def hf_config_dict(config: ModelConfig, torch_dtype: str) -> dict[str, Any]:
@@ -495,7 +491,7 @@ def export_hf(
         )
     if dtype != "auto" and dtype not in _DTYPES:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
-    shard_bytes = parse_size(max_shard_size)  # a bad size is refused before any work
+    shard_bytes = _shard_size(max_shard_size)  # a bad size is refused before any work
     if out.resolve() == ckpt.resolve():
         raise ValueError("the output folder must differ from the checkpoint folder")
     from baichuan.safety import plan_output

@@ -103,13 +103,14 @@ from torch.nn.attention.bias import causal_lower_right
 from torch.utils.checkpoint import checkpoint
 
 from baichuan.config import ModelConfig
+from baichuan.units import H100_BF16_PEAK_TFLOPS
 
 logger = logging.getLogger(__name__)
 
 KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
-# bf16 dense peak of one H100/H200 SXM (datasheet), the denominator used in ../shared/gpu/README.md.
-H100_BF16_PEAK_FLOPS = 989.4e12
+# bf16 dense peak of one H100/H200 SXM (datasheet), in FLOP/s: baichuan.units has the one figure.
+H100_BF16_PEAK_FLOPS = H100_BF16_PEAK_TFLOPS * 1e12
 
 
 # Label value left out of the loss (as transformers and ``F.cross_entropy``'s default).

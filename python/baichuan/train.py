@@ -27,7 +27,7 @@ no DeepSpeed micro-step, so accumulation boundaries stay aligned) and counted; a
 Throughput: tokens/s counts target tokens of all ranks; TFLOPS per device =
 ``flops_per_token(config, max_length) * tokens/s / world_size`` with
 ``flops_per_token = 6 * N_nonembed + 12 * layers * hidden * seq`` (``baichuan.model``), and
-MFU = TFLOPS / ``peak_tflops`` (989 for H100/H200 dense bf16).
+MFU = TFLOPS / ``peak_tflops`` (989.4 for H100/H200 dense bf16, baichuan.units).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ are set (not ``None``) override it, so ``baichuan train --lr 1e-4`` and an edite
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import json
@@ -16,6 +17,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from baichuan.faults import HANG_FACTOR, HANG_FLOOR_S
+from baichuan.units import H100_BF16_PEAK_TFLOPS, size_arg
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 
@@ -55,73 +59,112 @@ DEFAULT_DEEPSPEED: dict[str, Any] = {
 }
 
 
+def _arg(default: Any = None, help: str | None = None, **meta: Any) -> Any:
+    """A field with its command-line flag's metadata (baichuan.cli_fields)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+_DS_OPT = DEFAULT_DEEPSPEED["optimizer"]["params"]
+_DS_SCHED = DEFAULT_DEEPSPEED["scheduler"]["params"]
+
+
+def _from_json(value: Any, what: str = "") -> str:
+    """How ``--help`` shows a default that the DeepSpeed JSON gives (``DEFAULT_DEEPSPEED``)."""
+    return f"{value:g} from the DeepSpeed JSON{what}" if isinstance(value, float) else f"{value} from the DeepSpeed JSON{what}"
+
+
 @dataclass
 class TrainConfig:
-    """A training run. Paths are checked when the run starts (``baichuan.train``)."""
+    """A training run. Paths are checked when the run starts (``baichuan.train``).
+
+    The ``metadata`` of a field is its ``baichuan train`` flag (``baichuan.cli_fields``): the
+    defaults here are the command's defaults.
+    """
 
     # A shard directory or a text directory, or a weighted mixture of shard directories:
     # ["0.7:zh/", "0.3:en/"] (baichuan.mixture; the same strings as `--data 0.7:zh/ 0.3:en/`).
-    data: str | list[str] = ""
-    output_dir: str = "runs/baichuan"
+    data: str | list[str] = _arg(
+        "", "`baichuan tokenize` output directory, or a directory of UTF-8 text files (one document per "
+        "line); or a weighted mixture of shard directories: 0.7:zh_shards/ 0.3:en_shards/",
+        nargs="+", metavar="[WEIGHT:]PATH", show_default=None)
+    output_dir: str = _arg("runs/baichuan", "run directory: checkpoints, metrics.jsonl, tensorboard/, loss.png")
     # Model: a preset name ("7b", "small", "tiny") or a config.json path; overrides are ModelConfig fields.
-    model: str = "7b"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
+    model: str = _arg("7b", "model preset (7b, small, tiny) or a config.json path")
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # flag: --model-override KEY=VALUE
     # Start from these weights (a native model folder from `baichuan.checkpoint.save_model`).
-    init_from: str | None = None
+    init_from: str | None = _arg(None, "checkpoint to start from (continued pre-training): a native model "
+                                 "folder, a transformers folder or a `baichuan train` checkpoints folder")
     # The tokenizer .model: needed for a text directory; for shards its sha256 is checked against the manifest.
-    tokenizer: str | None = None
-    max_length: int = 4096
+    tokenizer: str | None = _arg(None, "tokenizer .model (required for a text directory; checked against shards)")
+    max_length: int = _arg(4096, "tokens per training sequence")
     # RoPE scaling for a longer window, "TYPE:FACTOR" (linear, dynamic, yarn), e.g. "yarn:4"; applied
     # to the model config of a new run (--init-from or a preset), kept from the checkpoint on resume.
-    rope_scaling: str | None = None
-    steps: int = 1000
-    seed: int = 1234
+    rope_scaling: str | None = _arg(None, "RoPE scaling for a longer window: linear, dynamic or yarn, e.g. yarn:4 "
+                                    "with --init-from MODEL --max-length 16384 (docs/model.md, long context)",
+                                    metavar="TYPE:FACTOR")
+    steps: int = _arg(1000, "optimizer steps in total")
+    seed: int = _arg(1234, "data shuffle and init seed")
     # DeepSpeed JSON giving the defaults below; None means DEFAULT_DEEPSPEED.
-    deepspeed_config: str | None = None
+    deepspeed_config: str | None = _arg(None, "DeepSpeed JSON (default: built-in, same as config/deepspeed.json)",
+                                        aliases=("--deepspeed_config",))
     # Overrides of the DeepSpeed JSON (None: keep the JSON's value).
-    micro_batch_size: int | None = None
-    gradient_accumulation_steps: int | None = None
-    lr: float | None = None
-    min_lr_ratio: float | None = None
-    warmup_steps: int | None = None
-    weight_decay: float | None = None
-    grad_clip: float | None = None
-    zero_stage: int | None = None
-    precision: str | None = None
+    micro_batch_size: int | None = _arg(None, "micro-batch per device",
+                                        show_default=_from_json(DEFAULT_DEEPSPEED["train_micro_batch_size_per_gpu"]))
+    gradient_accumulation_steps: int | None = _arg(
+        None, "micro-batches per optimizer step", show_default=_from_json(DEFAULT_DEEPSPEED["gradient_accumulation_steps"]))
+    lr: float | None = _arg(None, "peak learning rate", show_default=_from_json(_DS_OPT["lr"]))
+    min_lr_ratio: float | None = _arg(None, "cosine end as a fraction of the peak",
+                                      show_default=_from_json(_DS_SCHED["cos_min_ratio"]))
+    warmup_steps: int | None = _arg(None, "linear warm-up steps",
+                                    show_default=_from_json(_DS_SCHED["warmup_num_steps"], ", capped at --steps"))
+    weight_decay: float | None = _arg(None, "AdamW weight decay", show_default=_from_json(_DS_OPT["weight_decay"]))
+    grad_clip: float | None = _arg(None, "gradient clipping norm",
+                                   show_default=_from_json(DEFAULT_DEEPSPEED["gradient_clipping"]))
+    zero_stage: int | None = _arg(None, "ZeRO stage", choices=(0, 1, 2, 3),
+                                  show_default=_from_json(DEFAULT_DEEPSPEED["zero_optimization"]["stage"]))
+    precision: str | None = _arg(None, "training precision", choices=PRECISIONS, show_default="bf16 from the DeepSpeed JSON")
     # Runtime.
-    activation_checkpointing: bool = False
-    attn_backend: str | None = None
-    chunked_ce: int = 1024  # rows per cross-entropy chunk; 0 = plain fp32 logits
-    compile: bool = False  # torch.compile the model through DeepSpeed's engine.compile()
-    save_every: int = 1000  # 0: never checkpoint (throughput runs)
-    keep_last: int = 3
-    log_every: int = 10
-    max_nonfinite_in_row: int = 10
-    resume: bool = False
+    activation_checkpointing: bool = _arg(False, "recompute each layer's activations in the backward pass")
+    attn_backend: str | None = _arg(None, "attention implementation", choices=("auto", "sdpa", "eager", "xformers"),
+                                    show_default="the model config's (auto)")
+    chunked_ce: int = _arg(1024, "rows per cross-entropy chunk, 0 = plain fp32 logits")
+    compile: bool = _arg(False, "torch.compile the model (engine.compile()); first steps are slow while it compiles")
+    save_every: int = _arg(1000, "checkpoint every N steps (and at the end); 0 = never (throughput runs)")
+    keep_last: int = _arg(3, "keep the newest K checkpoints")
+    log_every: int = _arg(10, "print a log line every N steps")
+    max_nonfinite_in_row: int = _arg(10, "stop after N NaN/inf micro-batches in a row")
+    resume: bool = _arg(False, "continue from <output-dir>/checkpoints/latest")
     # Delete a previous run's files in output_dir first (only what `baichuan train` wrote there;
     # baichuan.safety). Never written to a run's train_config.json (see ``for_ranks``).
-    overwrite: bool = False
-    tensorboard: bool = True
-    plot: bool = True
-    progress: bool = True
-    dist_backend: str | None = None  # default: nccl on CUDA, gloo on CPU
-    peak_tflops: float = 989.0  # per device, dense bf16 (H100/H200 SXM datasheet)
-    encode_threads: int | None = None
+    overwrite: bool = _arg(False, "delete the previous run in --output-dir first (only files `baichuan train` wrote there)")
+    tensorboard: bool = _arg(True, "do not write TensorBoard logs", negate="--no-tensorboard")
+    plot: bool = _arg(True, "do not draw loss.png", negate="--no-plot")
+    progress: bool = _arg(True, "no progress bar", negate="--no-progress")
+    dist_backend: str | None = None  # default: nccl on CUDA, gloo on CPU (no flag)
+    peak_tflops: float = _arg(H100_BF16_PEAK_TFLOPS, "per-device peak TFLOP/s for MFU (H100/H200 SXM dense bf16)")
+    encode_threads: int | None = _arg(None, "tokenizer threads per rank for a text directory",
+                                      show_default="all cores; set cores/ranks on shared nodes")
     # Held-out validation (baichuan.validation): shards or a mixture, as `data`; None = none.
-    eval_data: str | list[str] | None = None
-    eval_every: int = 1000  # optimizer steps between evaluations (and at the last step)
-    eval_tokens: int = 1 << 20  # target tokens evaluated each time (the first ones of each source)
+    eval_data: str | list[str] | None = _arg(
+        None, "held-out shards (or a weighted mixture, as --data): validation loss and perplexity",
+        nargs="+", metavar="[WEIGHT:]PATH")
+    eval_every: int = _arg(1000, "evaluate every N optimizer steps and at the end")  # and at the last step
+    eval_tokens: int = _arg(1 << 20, "target tokens evaluated each time (the first ones of each source), e.g. 1M",
+                            type=size_arg, show_default="1Mi")
     # Testing aid: steps (1-based micro-batch counter) whose loss is replaced by NaN, to exercise the guard.
-    inject_nonfinite: list[int] = field(default_factory=list)
+    inject_nonfinite: list[int] = field(default_factory=list)  # no flag
     # Fault tolerance (docs/training.md, "Failures and recovery"). Relaunches after a rank fails
     # (launcher only, baichuan.launch); the watchdog's limit in seconds without a completed step
     # (None: 10x the median step time, at least HANG_FLOOR_S; 0: off); the process group's timeout.
-    max_restarts: int = 0
-    hang_timeout: float | None = None
-    collective_timeout: float = 1800.0
+    max_restarts: int = _arg(0, "when a rank fails or hangs, stop every rank and relaunch with --resume from the "
+                             "newest verified checkpoint, up to N times (a one-process run goes through the launcher)")
+    hang_timeout: float | None = _arg(
+        None, "abort (dumping every rank's Python stacks into OUTPUT/faults/) when no step completes for this long; "
+        "0 = off", metavar="SECONDS", show_default=f"{HANG_FACTOR:g}x the median step time, at least {HANG_FLOOR_S:g} s")
+    collective_timeout: float = _arg(1800.0, "timeout of the process group's collectives (gloo/NCCL)", metavar="SECONDS")
     # Testing aid (hidden --debug-fault): "kill|stall|write-error:RANK:STEP[:ATTEMPTS]" makes rank RANK
     # SIGKILL itself / sleep / fail to write its checkpoint at step STEP, in the first ATTEMPTS launches.
-    debug_fault: str | None = None
+    debug_fault: str | None = _arg(None, argparse.SUPPRESS)
     # Set by the launcher for the ranks of one launch, never taken from --config: the checkpoint it
     # verified for --resume, the launch number (0 = first) and the restart being recovered from.
     resume_tag: str | None = None

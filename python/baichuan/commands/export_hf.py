@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="weight dtype to write (auto keeps the checkpoint's, e.g. its model/ folder's for a DeepSpeed checkpoint)",
     )
-    parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
+    parser.add_argument(
+        "--max-shard-size", default="2GB",
+        help="largest safetensors shard, e.g. 500MB (KB, MB, GB: powers of 1000; KiB, MiB, GiB: powers of 1024) "
+        "(default 2GB)",
+    )
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a previous export-hf output in --output (only a folder this command wrote)")
 
