@@ -205,3 +205,26 @@ def test_export_hf_uses_the_shared_size_rules() -> None:
         hf._shard_size("2 parsecs")
     with pytest.raises(ValueError, match="must be more than 0 bytes, got '0MB'"):
         hf._shard_size("0MB")
+
+
+# --- baichuan train-tokenizer --------------------------------------------------------------------
+
+def test_train_tokenizer_defaults_are_the_dataclass_defaults() -> None:
+    from baichuan.commands.train_tokenizer import FLAGS, MORE_FLAGS, add_arguments
+    from baichuan.tokenizer_training import BAICHUAN_SYMBOLS, TrainTokenizerConfig, reserved_symbols
+
+    p = argparse.ArgumentParser(prog="train-tokenizer")
+    add_arguments(p)
+    args = p.parse_args(["--input", "a", "--output", "m"])
+    by_name = {f.name: f for f in dataclasses.fields(TrainTokenizerConfig)}
+    for name in FLAGS + MORE_FLAGS:
+        if default_of(by_name[name]) is not dataclasses.MISSING:
+            assert getattr(args, name) == default_of(by_name[name]), name
+    symbols = list(BAICHUAN_SYMBOLS) + reserved_symbols(args.reserved)
+    cfg = dataclass_from_args(args, TrainTokenizerConfig, fields=FLAGS + MORE_FLAGS, user_defined_symbols=symbols)
+    assert cfg == TrainTokenizerConfig(inputs=["a"], model_prefix="m")
+    args = p.parse_args(["--input", "a", "--model-prefix", "m", "--vocab-size", "1000", "--no-byte-fallback",
+                         "--control-symbols", "<a>,<b>", "--input-sentence-size", "500K", "--user-defined-symbols", "x"])
+    cfg = dataclass_from_args(args, TrainTokenizerConfig, fields=FLAGS + MORE_FLAGS, user_defined_symbols=[])
+    assert (cfg.vocab_size, cfg.byte_fallback, cfg.control_symbols, cfg.input_sentence_size, cfg.user_defined_symbols) == (
+        1000, False, ["<a>", "<b>"], 500 << 10, [])

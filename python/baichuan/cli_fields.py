@@ -87,12 +87,14 @@ def add_dataclass_arguments(
     return names
 
 
-def dataclass_from_args(args: argparse.Namespace, cls: type[T], base: T | None = None, **values: Any) -> T:
-    """``cls`` built from the parsed flags (those of :func:`add_dataclass_arguments`) and
-    ``values``: over ``base`` when given (a flag left ``None`` keeps the base's value), else from
-    the dataclass defaults."""
-    got = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-           if getattr(args, f.name, None) is not None}
+def dataclass_from_args(
+    args: argparse.Namespace, cls: type[T], base: T | None = None, fields: list[str] | None = None, **values: Any
+) -> T:
+    """``cls`` built from the parsed flags (those of :func:`add_dataclass_arguments`: ``fields``,
+    or every field the namespace has) and ``values``: over ``base`` when given (a flag left
+    ``None`` keeps the base's value), else from the dataclass defaults."""
+    names = fields if fields is not None else [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    got = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     got.update(values)
     if base is not None:
         return dataclasses.replace(base, **got)  # type: ignore[type-var]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from baichuan.errors import BaichuanError
+from baichuan.units import size_arg
 
 
 class TrainTokenizerError(BaichuanError):
@@ -91,39 +92,58 @@ def reserved_symbols(n: int) -> list[str]:
     return [f"<reserved_{i}>" for i in range(n)]
 
 
+def _arg(default: Any, help: str, **meta: Any) -> Any:
+    """A field with its ``baichuan train-tokenizer`` flag's metadata (baichuan.cli_fields)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+def symbol_list(text: str) -> list[str]:
+    """``A,B,...`` (a flag's value) -> ``["A", "B", ...]``."""
+    return [s for s in text.split(",") if s]
+
+
 @dataclass
 class TrainTokenizerConfig:
     """Options of ``baichuan train-tokenizer``; defaults are Baichuan-7B's recipe."""
 
-    inputs: list[str]
-    model_prefix: str  # writes PREFIX.model and PREFIX.vocab
-    vocab_size: int = 64000
+    inputs: list[str] = field(metadata={
+        "flag": "--input", "nargs": "+", "metavar": "PATH",
+        "help": "text files (one sentence per line), JSONL, .gz/.zst, directories (recursive, sorted) or globs"})
+    model_prefix: str = field(metadata={  # writes PREFIX.model and PREFIX.vocab
+        "aliases": ("--output",), "metavar": "PREFIX", "help": "writes PREFIX.model and PREFIX.vocab"})
+    vocab_size: int = _arg(64000, "vocabulary size (Baichuan-7B: 64000)")
     model_type: str = "bpe"
-    character_coverage: float = 1.0
-    byte_fallback: bool = True
+    character_coverage: float = _arg(
+        1.0, "share of characters covered by pieces (Baichuan-7B: 1.0; lower it for a small vocabulary: "
+        "the rest is spelled with byte pieces)")
+    byte_fallback: bool = _arg(True, "map unknown characters to <unk>", negate="--no-byte-fallback")
     normalization_rule_name: str = "nmt_nfkc"
     add_dummy_prefix: bool = True
     remove_extra_whitespaces: bool = False
-    split_digits: bool = False
+    split_digits: bool = _arg(False, "split numbers into digits (Baichuan-7B: off)")
     split_by_unicode_script: bool = True
     split_by_number: bool = True
     split_by_whitespace: bool = True
-    max_sentencepiece_length: int = 10
-    max_sentence_length: int = 8192
-    input_sentence_size: int = 10_000_000
+    max_sentencepiece_length: int = _arg(10, "longest piece (characters)")
+    max_sentence_length: int = _arg(8192, "longer lines (bytes) are skipped")
+    input_sentence_size: int = _arg(
+        10_000_000, "sample at most this many sentences (lines) uniformly from the inputs, e.g. 2000000 or 500K "
+        "(K, M, G: powers of 1024, as tokenize --shard-size; KB, MB, GB: powers of 1000); Baichuan-7B: 10000000",
+        type=size_arg)
     shuffle_input_sentence: bool = True
     seed_sentencepiece_size: int = 1_000_000
     num_sub_iterations: int = 2
     train_extremely_large_corpus: bool = True
     user_defined_symbols: list[str] = field(default_factory=lambda: list(BAICHUAN_SYMBOLS) + reserved_symbols(BAICHUAN_RESERVED))
-    control_symbols: list[str] = field(default_factory=list)
+    control_symbols: list[str] = field(default_factory=list, metadata={
+        "type": symbol_list, "metavar": "A,B,...", "help": "control symbols"})
     unk_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
     pad_id: int = -1
-    num_threads: int = 0  # 0: one per core
-    seed: int = 0
-    text_field: str = "text"  # for JSONL inputs
+    num_threads: int = _arg(0, "trainer threads; 0 = one per core", show_default="0, one per core")
+    seed: int = _arg(0, "seed of sentencepiece's sampling")
+    text_field: str = _arg("text", "JSONL field holding the text")  # for JSONL inputs
     hard_vocab_limit: bool = True
 
     def trainer_kwargs(self) -> dict[str, Any]:

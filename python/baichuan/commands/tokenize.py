@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     matcher = getattr(parser, "_negative_number_matcher", None)
     if matcher is not None:
         parser._negative_number_matcher = re.compile(matcher.pattern + r"|^-\d+/\d+$")  # type: ignore[attr-defined]
-    from baichuan.corpus import TokenizeConfig
+    from baichuan.tokenize_config import TokenizeConfig
 
     add_dataclass_arguments(parser, TokenizeConfig, FLAGS)
     # Testing aid: SIGKILL this process right after its Nth checkpoint (exact kill points for resume tests).
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"baichuan tokenize: error: --holdout {args.holdout}: {e}", file=sys.stderr)
             return 2
     cfg = dataclass_from_args(
-        args, TokenizeConfig, holdout_per_million=holdout,
+        args, TokenizeConfig, fields=FLAGS, holdout_per_million=holdout,
         extra={"debug_kill_after_checkpoints": args.debug_kill_after_checkpoints}
         if args.debug_kill_after_checkpoints > 0 else {},
     )

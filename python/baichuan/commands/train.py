@@ -91,7 +91,7 @@ def config_from_args(args: argparse.Namespace):
             values[name] = v[0] if len(v) == 1 else list(v)
     if args.model_override:
         values["model_overrides"] = {**base.model_overrides, **dict(args.model_override)}
-    return dataclass_from_args(args, TrainConfig, base, **values)
+    return dataclass_from_args(args, TrainConfig, base, [n for names in GROUPS.values() for n in names], **values)
 
 
 def run(args: argparse.Namespace) -> int:
