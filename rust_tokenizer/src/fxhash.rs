@@ -2,7 +2,7 @@
 //! final avalanche), so the hot maps need no extra dependency. Not DoS-resistant; the keys are
 //! vocabulary pieces and text chunks, and a bad distribution only costs speed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 const K: u64 = 0xf135_7aea_2e62_a9c5;
@@ -71,4 +71,3 @@ impl Hasher for FxHasher {
 
 pub type FxBuild = BuildHasherDefault<FxHasher>;
 pub type FxMap<K, V> = HashMap<K, V, FxBuild>;
-pub type FxSet<K> = HashSet<K, FxBuild>;

@@ -275,11 +275,20 @@ impl Normalizer {
     /// Sends the characters (BMP code points) that start user-defined pieces down the general
     /// path, so that the fast path needs no matcher lookup for the others. `cps` must hold the
     /// first character of every user-defined piece. Without a charsmap this does nothing.
-    pub fn mark_user_defined_starts(&mut self, cps: &[usize]) {
+    ///
+    /// `singles` (a subset of `cps`, without the space) are the characters whose only
+    /// user-defined piece is the character itself: the matcher would return them unchanged, so
+    /// they are marked to be copied as they are.
+    pub fn mark_user_defined_starts(&mut self, cps: &[usize], singles: &[usize]) {
         if let Some(cm) = &mut self.charsmap {
             for &cp in cps {
                 if let Some(e) = cm.bmp.get_mut(cp) {
                     *e = BMP_SLOW;
+                }
+            }
+            for &cp in singles {
+                if let Some(e) = cm.bmp.get_mut(cp) {
+                    *e = BMP_PLAIN;
                 }
             }
             cm.ud_marked = true;

@@ -43,8 +43,8 @@ pub struct Tokenizer {
 enum Chunk {
     /// A frozen user-defined piece with its id.
     Frozen(u32),
-    /// One character; the id of its piece from the character table (`CharInfo::NO_ID`: look
-    /// it up).
+    /// One character, or two that make one piece; the id of that piece from the character
+    /// table or the chunk rule (`CharInfo::NO_ID`: look it up).
     Char(u32),
     /// Several characters (or, without a chunk rule, the whole string): a BPE run.
     Run,
@@ -128,7 +128,7 @@ impl Tokenizer {
         let mut normalizer =
             build_normalizer(&m.normalizer, m.trainer.treat_whitespace_as_suffix, origin)?;
         if let Some(cps) = vocab.user_defined_starts() {
-            normalizer.mark_user_defined_starts(&cps);
+            normalizer.mark_user_defined_starts(&cps, &vocab.user_defined_singles());
         }
         let denormalizer = match &m.denormalizer {
             Some(d) if !d.precompiled_charsmap.is_empty() => {
@@ -338,10 +338,15 @@ impl Tokenizer {
         let mut prev = 0u32; // that character, packed
         let mut prev_info = CharInfo::GENERIC; // and its table entry
         let mut pos = 0usize;
+        // The id of the piece made of the chunk's two characters when the chunk has exactly
+        // two so far (`NONE`: more, or no such piece): such a chunk needs no BPE and no cache.
+        let mut two = NONE;
         macro_rules! flush {
             () => {
                 if prev_at == start {
                     f(&norm[start..pos], Chunk::Char(prev_info.id()));
+                } else if two != NONE {
+                    f(&norm[start..pos], Chunk::Char(two));
                 } else {
                     f(&norm[start..pos], Chunk::Run);
                 }
@@ -373,7 +378,11 @@ impl Tokenizer {
             };
             if let Some(m) = ud {
                 if info.starts_user_defined() || (!ud_exact && m.may_start(b)) {
-                    if let Some((len, id)) = m.longest_value(&norm[pos..]) {
+                    let hit = match info.user_defined_only() {
+                        CharInfo::NO_ID => m.longest_value(&norm[pos..]),
+                        id => Some((clen, id)),
+                    };
+                    if let Some((len, id)) = hit {
                         if pos > start {
                             flush!();
                         }
@@ -384,9 +393,14 @@ impl Tokenizer {
                     }
                 }
             }
-            if pos > start && !rule.joins(prev, prev_info, packed, info) {
-                flush!();
-                start = pos;
+            if pos > start {
+                match rule.joins(prev, prev_info, packed, info) {
+                    None => {
+                        flush!();
+                        start = pos;
+                    }
+                    Some(both) => two = if prev_at == start { both } else { NONE },
+                }
             }
             prev_at = pos;
             prev = packed;

@@ -8,7 +8,7 @@
 //! BPE agenda (`bpe.rs`, which depends on this module, not on the tokenizer).
 
 use crate::error::{Error, Result};
-use crate::fxhash::{FxMap, FxSet};
+use crate::fxhash::FxMap;
 use crate::normalizer::lead_len;
 use crate::prefix::PrefixMatcher;
 use crate::proto::{PieceProto, PieceType, TrainerProto};
@@ -48,7 +48,10 @@ impl CharInfo {
     const LEFT: u32 = 1 << 30;
     /// Some mergeable piece has this character preceded by another one.
     const RIGHT: u32 = 1 << 29;
-    pub const NO_ID: u32 = (1 << 29) - 1;
+    /// The only user-defined piece that starts with this character is the character itself
+    /// (then `UD` is set too, and the id is that piece's).
+    const UD_ONLY: u32 = 1 << 28;
+    pub const NO_ID: u32 = (1 << 28) - 1;
     /// What a character outside the table gets: look everything up.
     pub const GENERIC: CharInfo = CharInfo(Self::UD | Self::LEFT | Self::RIGHT | Self::NO_ID);
     const EMPTY: CharInfo = CharInfo(Self::NO_ID);
@@ -61,6 +64,16 @@ impl CharInfo {
     #[inline]
     pub fn starts_user_defined(self) -> bool {
         self.0 & Self::UD != 0
+    }
+    /// The id of the one-character user-defined piece when it is the only user-defined piece
+    /// that starts with this character, else `NO_ID`.
+    #[inline]
+    pub fn user_defined_only(self) -> u32 {
+        if self.0 & Self::UD_ONLY != 0 {
+            self.id()
+        } else {
+            Self::NO_ID
+        }
     }
     fn set_id(&mut self, id: u32) {
         self.0 = (self.0 & !Self::NO_ID) | id.min(Self::NO_ID);
@@ -110,19 +123,23 @@ pub(crate) fn pack_char(c: &[u8]) -> u32 {
 /// characters was tried: for Baichuan-7B it is 333 KiB, larger than this set, and was slower.)
 #[derive(Debug, Clone)]
 pub(crate) struct ChunkRule {
-    adjacent: FxSet<u64>,
+    /// Each adjacent pair to the id of the mergeable piece that is exactly the two characters
+    /// (`NONE`: no such piece), so a chunk of two characters needs no BPE and no cache.
+    adjacent: FxMap<u64, u32>,
 }
 
 impl ChunkRule {
-    /// Whether some mergeable piece holds the characters `p c` (packed, with their table
-    /// entries) next to each other.
+    /// `None` when no mergeable piece holds the characters `p c` (packed, with their table
+    /// entries) next to each other (cut here); else the id of the piece `p c` or `NONE`.
     #[inline]
-    pub fn joins(&self, p: u32, pi: CharInfo, c: u32, ci: CharInfo) -> bool {
-        pi.0 & CharInfo::LEFT != 0
-            && ci.0 & CharInfo::RIGHT != 0
-            && self
-                .adjacent
-                .contains(&((u64::from(p) << 32) | u64::from(c)))
+    pub fn joins(&self, p: u32, pi: CharInfo, c: u32, ci: CharInfo) -> Option<u32> {
+        if pi.0 & CharInfo::LEFT != 0 && ci.0 & CharInfo::RIGHT != 0 {
+            self.adjacent
+                .get(&((u64::from(p) << 32) | u64::from(c)))
+                .copied()
+        } else {
+            None
+        }
     }
 }
 
@@ -345,10 +362,24 @@ impl Vocab {
             }
         }
         let mut ud_flags_exact = true;
+        let mut ud_longer = vec![false; chars.len()];
         for &(t, _) in &ud_words {
-            match chars_of(t).next().and_then(bmp_index) {
-                Some(cp) => chars[cp].0 |= CharInfo::UD,
+            let first = chars_of(t).next();
+            match first.and_then(bmp_index) {
+                Some(cp) => {
+                    chars[cp].0 |= CharInfo::UD;
+                    if first.map(<[u8]>::len) == Some(t.len()) {
+                        chars[cp].0 |= CharInfo::UD_ONLY;
+                    } else {
+                        ud_longer[cp] = true;
+                    }
+                }
                 None => ud_flags_exact = false,
+            }
+        }
+        for (c, &longer) in chars.iter_mut().zip(&ud_longer) {
+            if longer {
+                c.0 &= !CharInfo::UD_ONLY;
             }
         }
         let ud = if ud_words.is_empty() {
@@ -362,12 +393,19 @@ impl Vocab {
         } else {
             // Every pair of adjacent characters in a mergeable piece (packed); characters
             // outside the table are GENERIC (all flags on).
-            let mut adjacent = FxSet::default();
+            let mut adjacent: FxMap<u64, u32> = FxMap::default();
+            let mut both = Vec::new();
             for t in merge.keys() {
                 let mut prev: Option<&[u8]> = None;
                 for c in chars_of(t) {
                     if let Some(p) = prev {
-                        adjacent.insert((u64::from(pack_char(p)) << 32) | u64::from(pack_char(c)));
+                        let key = (u64::from(pack_char(p)) << 32) | u64::from(pack_char(c));
+                        adjacent.entry(key).or_insert_with(|| {
+                            both.clear();
+                            both.extend_from_slice(p);
+                            both.extend_from_slice(c);
+                            merge.get(&both[..]).map_or(NONE, |x| x.1)
+                        });
                         if let Some(i) = bmp_index(p) {
                             chars[i].0 |= CharInfo::LEFT;
                         }
@@ -427,6 +465,14 @@ impl Vocab {
                 .filter(|&i| self.chars[i].starts_user_defined())
                 .collect()
         })
+    }
+
+    /// The table indices of the characters (other than the space) that are a user-defined
+    /// piece of their own and start no longer one: normalization copies them unchanged.
+    pub(crate) fn user_defined_singles(&self) -> Vec<usize> {
+        (0..self.chars.len())
+            .filter(|&i| i != usize::from(b' ') && self.chars[i].0 & CharInfo::UD_ONLY != 0)
+            .collect()
     }
 
     /// The id of a piece string (any type), if loaded.
