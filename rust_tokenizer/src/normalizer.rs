@@ -403,9 +403,9 @@ impl Normalizer {
         let escape = self.escape_whitespaces;
         // With the user-defined starts marked in the charsmap table, the fast path skips the
         // matcher (the general path still matches them).
-        let (fast_ud, ascii_plain) = match &self.charsmap {
-            Some(cm) if cm.ud_marked => (None, Some(&*cm.ascii_plain)),
-            _ => (ud, None),
+        let (fast_ud, ascii_plain, bmp) = match &self.charsmap {
+            Some(cm) if cm.ud_marked => (None, Some(&*cm.ascii_plain), Some(&*cm.bmp)),
+            _ => (ud, None, None),
         };
         // A space that maps to itself and starts no user-defined piece, without
         // remove_extra_whitespaces: written as the whitespace symbol without the general path.
@@ -429,6 +429,25 @@ impl Normalizer {
                     }
                 }
                 match self.fast_char(&input[run..], fast_ud) {
+                    Some(3) if bmp.is_some() => {
+                        run += 3;
+                        // A CJK run: the following well-formed 3-byte characters that map to
+                        // themselves (the cases where `fast_char` returns `Some(3)` for a
+                        // `BMP_PLAIN` entry), without the general checks.
+                        let bmp = bmp.unwrap_or_default();
+                        while let [b, b1, b2, ..] = input[run..] {
+                            if b & 0xF0 != 0xE0 || b1 & 0xC0 != 0x80 || b2 & 0xC0 != 0x80 {
+                                break;
+                            }
+                            let cp = (usize::from(b & 0x0F) << 12)
+                                | (usize::from(b1 & 0x3F) << 6)
+                                | usize::from(b2 & 0x3F);
+                            if cp < 0x800 || bmp[cp] != BMP_PLAIN {
+                                break;
+                            }
+                            run += 3;
+                        }
+                    }
                     Some(len) => run += len,
                     None => break,
                 }
