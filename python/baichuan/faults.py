@@ -39,9 +39,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# The watchdog's automatic limit is defined beside TrainConfig, whose --hang-timeout help shows it.
+from baichuan.train_config import HANG_FACTOR, HANG_FLOOR_S
+
 HANG_EXIT = 75  # EX_TEMPFAIL: the watchdog ended a rank that made no progress
-HANG_FLOOR_S = 300.0  # the automatic limit is never below this
-HANG_FACTOR = 10.0
 FAULTS_DIR = "faults"
 RESTARTS_LOG = "restarts.jsonl"
 _STEP_DIR = re.compile(r"^step-(\d+)$")

@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from baichuan.faults import HANG_FACTOR, HANG_FLOOR_S
 from baichuan.units import H100_BF16_PEAK_TFLOPS, size_arg
 
 PRECISIONS = ("bf16", "fp16", "fp32")
+
+# The fault watchdog's automatic limit (baichuan.faults): HANG_FACTOR x the median step time, never
+# below HANG_FLOOR_S seconds.
+HANG_FLOOR_S = 300.0
+HANG_FACTOR = 10.0
 
 # The defaults used when no --deepspeed-config is given; config/deepspeed.json is the same content.
 DEFAULT_DEEPSPEED: dict[str, Any] = {
