@@ -146,11 +146,6 @@ def check_state_dict(
     return state
 
 
-def load_state_dict_into(model: BaichuanForCausalLM, state: dict[str, torch.Tensor], source: str) -> None:
-    state = check_state_dict(model, state, source)
-    model.load_state_dict(state, strict=True)
-
-
 def load_model(
     directory: str | os.PathLike[str],
     device: str | torch.device = "cpu",
