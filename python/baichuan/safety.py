@@ -26,6 +26,7 @@ import fnmatch
 import json
 import os
 import shutil
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,9 @@ def read_marker(folder: Path) -> dict | None:
 
 def write_marker(folder: Path, kind: str, names: Iterable[str]) -> None:
     data = {"tool": "baichuan", "kind": kind, "version": 1, "names": sorted(set(names))}
-    tmp = folder / (MARKER + ".tmp")
+    # A name of this process's own: the launchers of several nodes may write one shared run folder's
+    # marker at the same moment (each rename is atomic; the last one wins, with the same content).
+    tmp = folder / f"{MARKER}.{socket.gethostname()}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, folder / MARKER)
 
@@ -138,7 +141,7 @@ def plan_output(
             f"{out} holds the output of `baichuan {marker['kind']}`, not of `baichuan {k.name}`; "
             f"choose another {k.flag}"
         )
-    entries = sorted((e for e in out.iterdir() if e.name not in (MARKER, MARKER + ".tmp")), key=lambda e: e.name)
+    entries = sorted((e for e in out.iterdir() if not e.name.startswith(MARKER)), key=lambda e: e.name)
     recorded = set(marker.get("names", [])) if marker else set()
     recognised = marker is not None or _legacy_manifest(out, k)
     ours = [e for e in entries if recognised and (_is_ours(e.name, k, recorded) or _nested_output(e))]
@@ -212,7 +215,7 @@ def _nested_output(entry: Path) -> bool:
         return False
     recorded = set(marker.get("names", [])) if marker else set()
     return all(
-        e.name in (MARKER, MARKER + ".tmp") or _is_ours(e.name, k, recorded) or _nested_output(e)
+        e.name.startswith(MARKER) or _is_ours(e.name, k, recorded) or _nested_output(e)
         for e in entry.iterdir()
     )
 
