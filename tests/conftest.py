@@ -52,3 +52,36 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
     outcome = yield
     _fail_shared_skip(outcome.get_result())
+
+
+# ----------------------------------------------------------------------------- /dev/shm hygiene
+# DeepSpeed's CPU all-reduce keeps one /dev/shm buffer per rank (deepspeed_allreduce_buffer_*, 66 MiB
+# each), unlinked only by a rank that exits normally. The kill/restart tests SIGKILL ranks on
+# purpose, so each run leaked buffers; over a day of runs they filled /dev/shm and later launches
+# hung. The session removes the buffers created while it ran (every test process has ended by then).
+_SHM = "/dev/shm"
+_SHM_PATTERN = "deepspeed_allreduce_buffer_*"
+
+
+def _shm_buffers() -> set[str]:
+    import glob
+
+    return set(glob.glob(f"{_SHM}/{_SHM_PATTERN}"))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_shm_key] = _shm_buffers()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import os
+
+    before = session.config.stash.get(_shm_key, set())
+    for path in sorted(_shm_buffers() - before):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+_shm_key = pytest.StashKey[set[str]]()
