@@ -56,9 +56,9 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- /dev/shm hygiene
 # DeepSpeed's CPU all-reduce keeps one /dev/shm buffer per rank (deepspeed_allreduce_buffer_*, 66 MiB
-# each), unlinked only by a rank that exits normally. The kill/restart tests SIGKILL ranks on
-# purpose, so each run leaked buffers; over a day of runs they filled /dev/shm and later launches
-# hung. The session removes the buffers created while it ran (every test process has ended by then).
+# each) and DeepSpeed 0.19.8 never unlinks it, not even on a normal exit; every multi-rank test left
+# its buffers, and over a day of runs they filled /dev/shm and later launches hung. The session
+# removes the buffers created while it ran (every test process has ended by then).
 _SHM = "/dev/shm"
 _SHM_PATTERN = "deepspeed_allreduce_buffer_*"
 
