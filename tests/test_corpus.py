@@ -368,10 +368,10 @@ def test_unreadable_files_error_or_skip(corpus: Path, tmp_path: Path) -> None:
 def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     r = subprocess.run(_cli("--tokenizer", str(MODEL), "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")),
                        capture_output=True, text=True)
-    assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(_cli("--tokenizer", str(tmp_path / "x.model"), "--input", str(MODEL), "--output", str(tmp_path / "o")),
                        capture_output=True, text=True)
-    assert r.returncode == 1 and "x.model" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "x.model" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_globs_and_directory_order(corpus: Path, tmp_path: Path) -> None:

@@ -19,10 +19,8 @@ from baichuan.data import (
     list_text_files,
     open_source,
 )
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SPM = SHARED / "spm-models" / "llama2.model"
-MMLU = SHARED / "eval-data" / "mmlu" / "test"
+from helpers import LLAMA2_SPM as SPM
+from helpers import MMLU, SHARED, check_resume_equal
 
 
 def need_shared() -> None:
@@ -287,20 +285,11 @@ def test_text_stream_resumes_exactly(tmp_path: Path) -> None:
     need_shared()
     enc = spm_encoder()
     files = list_text_files(make_text_dir(tmp_path / "text", 2, 30))
-    ref = TextDirSource(files, enc, 2, 37, 2, 0, 1, lines_per_batch=5)
-    batches = _take(ref, 50)  # crosses files and epochs
-    ref.close()
-    for k in (1, 6, 19, 33):
-        src = TextDirSource(files, enc, 2, 37, 2, 0, 1, lines_per_batch=5)
-        _take(src, k)
-        state = json.loads(json.dumps(src.state_dict()))
-        src.close()
-        resumed = TextDirSource(files, enc, 2, 37, 2, 0, 1, state=state, lines_per_batch=3)
-        try:
-            for j in range(k, 50):
-                np.testing.assert_array_equal(resumed.next_batch(), batches[j], err_msg=f"resume after {k}, batch {j}")
-        finally:
-            resumed.close()
+    # 50 batches cross files and epochs; the resumed source reads another number of lines per batch
+    check_resume_equal(
+        lambda state: TextDirSource(files, enc, 2, 37, 2, 0, 1, state=state, lines_per_batch=5 if state is None else 3),
+        stops=(1, 6, 19, 33), total=50,
+    )
 
 
 def test_text_stream_errors(tmp_path: Path) -> None:

@@ -18,15 +18,11 @@ from baichuan.cli import main
 from baichuan.config import ModelConfig
 from baichuan.evaluation.subjects import CEVAL_SUBJECTS
 from baichuan.model import BaichuanForCausalLM
+from helpers import BAICHUAN_SPM as SPM
+from helpers import EVAL_DATA as DATA
+from helpers import need_shared_mark
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA = SHARED / "eval-data"
-SPM = SHARED / "spm-models" / "baichuan-7b.model"
-
-pytestmark = [
-    pytest.mark.skipif(not (DATA.is_dir() and SPM.is_file()), reason="../shared is absent"),
-    pytest.mark.usefixtures("one_torch_thread"),
-]
+pytestmark = [need_shared_mark(DATA, SPM), pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +107,10 @@ def test_transformers_folder(tmp_path: Path) -> None:
 
 def test_errors_name_the_input(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--task", "ceval", "--data-dir", str(tmp_path / "nope"), "--model",
-                 str(tiny_model_dir), "--no-progress"]) == 1
+                 str(tiny_model_dir), "--no-progress"]) == 2
     assert "nope" in capsys.readouterr().err
     assert main(["eval", "--task", "ceval", "--data-dir", str(DATA), "--model", str(tiny_model_dir),
-                 "--subjects", "astrology", "--no-progress"]) == 1
+                 "--subjects", "astrology", "--no-progress"]) == 2
     assert "astrology" in capsys.readouterr().err
 
 

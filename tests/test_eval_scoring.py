@@ -4,8 +4,6 @@ BaichuanForCausalLM and a transformers LlamaForCausalLM (its Cache API)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,15 +14,11 @@ from baichuan.evaluation.benchmarks import get_benchmark, resolve_data_dir
 from baichuan.evaluation.runner import Encoder, build_prompts, candidate_ids, score_subject
 from baichuan.evaluation.scoring import LetterScorer, common_prefix_length
 from baichuan.model import BaichuanForCausalLM
+from helpers import BAICHUAN_SPM as SPM
+from helpers import EVAL_DATA as DATA
+from helpers import need_shared_mark
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA = SHARED / "eval-data"
-SPM = SHARED / "spm-models" / "baichuan-7b.model"
-
-pytestmark = [
-    pytest.mark.skipif(not (DATA.is_dir() and SPM.is_file()), reason="../shared is absent"),
-    pytest.mark.usefixtures("one_torch_thread"),
-]
+pytestmark = [need_shared_mark(DATA, SPM), pytest.mark.usefixtures("one_torch_thread")]
 
 # (task, subject, split, questions, max_length): small max_length values force shot dropping, so
 # one subject has several prefix groups (and CMMLU's/AGIEval's own rules run).

@@ -18,13 +18,13 @@ import torch
 
 from baichuan.checkpoint import save_model
 from baichuan.cli import main as cli_main
-from baichuan.config import ModelConfig
 from baichuan.generate import GenerationConfig, generate_ids
 from baichuan.hf import export_hf, load_checkpoint
 from baichuan.model import BaichuanForCausalLM
 
 transformers = pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import tiny_model  # noqa: E402
 from tokenizer_corpus import EVAL_DIR, SHARED, eval_texts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,12 +49,7 @@ def spm_path() -> Path:
 def exported(tmp_path_factory, spm_path) -> tuple[BaichuanForCausalLM, Path, Path]:
     """(model, native folder, export folder): a tiny vocab-64000 model exported with small shards."""
     root = tmp_path_factory.mktemp("portable")
-    torch.manual_seed(11)
-    model = BaichuanForCausalLM(ModelConfig.preset("tiny")).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
+    model = tiny_model(seed=11)
     save_model(model, root / "native")
     out = export_hf(root / "native", root / "hf", tokenizer=spm_path, max_shard_size="3MB")
     return model, root / "native", out

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers import kill_tree  # noqa: E402
 from test_data import SPM, synthetic_shards  # noqa: E402
 
 STEPS = 12
@@ -321,17 +322,6 @@ def start_nodes(data: Path, out: Path, hostfile: Path, logs: Path, *extra: str) 
                                       env=env, stdout=open(logs / f"node{n}.log", "a"), stderr=subprocess.STDOUT,
                                       start_new_session=True))
     return nodes
-
-
-def kill_tree(p: subprocess.Popen) -> None:
-    tree = psutil.Process(p.pid).children(recursive=True)
-    os.killpg(p.pid, signal.SIGKILL)
-    for child in tree:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    p.wait()
 
 
 def test_two_nodes_without_ssh_restart_and_resume_as_one_node(

@@ -16,9 +16,8 @@ import pytest
 
 from baichuan.corpus import TokenizeConfig, iter_documents, run_tokenize
 from baichuan.data import TextDirSource, list_text_files
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SPM = SHARED / "spm-models" / "llama2.model"
+from helpers import LLAMA2_SPM as SPM
+from helpers import check_resume_equal
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven bright stars watch "
          "from distant hills and rivers run toward the silent sea").split()
@@ -114,21 +113,10 @@ def test_text_source_documents_equal_tokenize_documents(corpus: dict) -> None:
 def test_text_source_resumes_exactly_inside_compressed_files(corpus: dict) -> None:
     files = list_text_files(corpus["root"] / "text")
     enc = corpus["encode"]
-    ref = TextDirSource(files, enc, 2, 29, 1, 0, 1, lines_per_batch=2)
-    batches = [ref.next_batch() for _ in range(40)]
-    ref.close()
-    for k in (1, 3, 8, 17, 30):
-        src = TextDirSource(files, enc, 2, 29, 1, 0, 1, lines_per_batch=2)
-        for _ in range(k):
-            src.next_batch()
-        state = json.loads(json.dumps(src.state_dict()))
-        src.close()
-        resumed = TextDirSource(files, enc, 2, 29, 1, 0, 1, state=state, lines_per_batch=5)
-        try:
-            for j in range(k, 40):
-                np.testing.assert_array_equal(resumed.next_batch(), batches[j], err_msg=f"resume after {k}, batch {j}")
-        finally:
-            resumed.close()
+    check_resume_equal(
+        lambda state: TextDirSource(files, enc, 2, 29, 1, 0, 1, state=state, lines_per_batch=2 if state is None else 5),
+        stops=(1, 3, 8, 17, 30), total=40,
+    )
 
 
 def test_tokenizer_trainer_gets_the_same_documents(corpus: dict, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,14 +16,12 @@ from pathlib import Path
 import pytest
 
 from baichuan.corpus import iter_documents
+from helpers import BAICHUAN_SPM as MODEL
+from helpers import EVAL_DATA as EVAL
+from helpers import LLAMA2_SPM as OTHER_MODEL
+from helpers import skip_module_without_shared
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-MODEL = SHARED / "spm-models" / "baichuan-7b.model"
-OTHER_MODEL = SHARED / "spm-models" / "llama2.model"
-EVAL = SHARED / "eval-data"
-
-if not MODEL.exists() or not EVAL.is_dir():
-    pytest.skip(f"{SHARED} is absent", allow_module_level=True)
+skip_module_without_shared(MODEL, EVAL)
 
 N = 3
 OPTS = ("--shard-size", "3000", "--holdout", "0.05", "--quiet")

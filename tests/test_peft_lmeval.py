@@ -15,10 +15,9 @@ import pytest
 import torch
 
 from baichuan.checkpoint import save_model
-from baichuan.config import ModelConfig
 from baichuan.evaluation.runner import EvalConfig, run
 from baichuan.hf import export_hf, load_pretrained
-from baichuan.model import BaichuanForCausalLM
+from helpers import tiny_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -38,12 +37,7 @@ def exported(tmp_path_factory) -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is absent")
     root = tmp_path_factory.mktemp("peft")
-    torch.manual_seed(5)
-    model = BaichuanForCausalLM(ModelConfig.preset("tiny")).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
+    model = tiny_model(seed=5)
     save_model(model, root / "native")
     return export_hf(root / "native", root / "hf", tokenizer=SPM)
 

@@ -19,14 +19,12 @@ import pytest
 
 from baichuan.corpus import CorpusError, TokenizeConfig, run_tokenize
 from baichuan.units import SizeError, parse_size
+from helpers import BAICHUAN_SPM as MODEL
+from helpers import EVAL_DATA as EVAL
+from helpers import LLAMA2_SPM as OTHER_MODEL
+from helpers import skip_module_without_shared
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-MODEL = SHARED / "spm-models" / "baichuan-7b.model"
-OTHER_MODEL = SHARED / "spm-models" / "llama2.model"
-EVAL = SHARED / "eval-data"
-
-if not MODEL.exists() or not EVAL.is_dir():
-    pytest.skip(f"{SHARED} is absent", allow_module_level=True)
+skip_module_without_shared(MODEL, EVAL)
 
 
 @pytest.fixture(scope="module")

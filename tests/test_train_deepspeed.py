@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import kill_tree
 from test_data import MMLU, SPM, make_text_dir, tokenize_with_cli
 
 pytestmark = pytest.mark.skipif(not SPM.is_file() or not MMLU.is_dir(), reason="../shared reference data not found")
@@ -76,17 +76,7 @@ def kill_after_checkpoint(args: list[str], out: Path, step: int, timeout: float 
         else:
             pytest.fail("no checkpoint before the timeout")
     finally:
-        # kill -9 of the command, DeepSpeed's launchers and both ranks (they run in a session of their own)
-        import psutil
-
-        tree = psutil.Process(p.pid).children(recursive=True)
-        os.killpg(p.pid, signal.SIGKILL)
-        for child in tree:
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
-        p.wait()
+        kill_tree(p)  # kill -9 of the command, DeepSpeed's launchers and both ranks
         log.close()
 
 

@@ -111,9 +111,9 @@ def test_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     # a vocabulary too small for character_coverage 1.0: sentencepiece's message, no traceback
     rc = main(["train-tokenizer", "--input", src, "--model-prefix", str(tmp_path / "x"), "--vocab-size", "1000"])
     err = capsys.readouterr().err
-    assert rc == 1 and "Vocabulary size is smaller than required_chars" in err
+    assert rc == 2 and "Vocabulary size is smaller than required_chars" in err
     rc = main(["train-tokenizer", "--input", str(tmp_path / "nope"), "--model-prefix", str(tmp_path / "y")])
-    assert rc == 1 and "nope" in capsys.readouterr().err
+    assert rc == 2 and "nope" in capsys.readouterr().err
 
 
 def test_sample_corpus_train_then_tokenize(tmp_path: Path) -> None:

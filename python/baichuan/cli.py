@@ -59,7 +59,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _message(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"{e.filename}: {e.strerror}"
-    return str(e) or type(e).__name__
+    # the Rust corpus job's option errors say where they came from; the command line names the flag
+    return (str(e) or type(e).__name__).removeprefix("invalid corpus options: ")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

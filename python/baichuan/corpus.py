@@ -57,7 +57,8 @@ class ProgressLine:
     Rewrites the line in place on a terminal; elsewhere prints a line every ``interval`` seconds.
     """
 
-    def __init__(self, stream: TextIO = sys.stderr, interval: float | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, interval: float | None = None) -> None:
+        stream = stream if stream is not None else sys.stderr  # the one current at call time
         self.stream = stream
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
@@ -128,7 +129,7 @@ WARNING_PREFIX = "baichuan tokenize: warning: "
 def run_tokenize(
     config: TokenizeConfig,
     progress: bool = True,
-    stream: TextIO = sys.stderr,
+    stream: TextIO | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Runs a job to the end and returns its manifest. Ctrl-C stops it at a safe point (the output
@@ -137,6 +138,7 @@ def run_tokenize(
     Warnings (our own outputs found among the inputs and left out; files that look binary) go to
     ``warn`` as they come, one line each naming the file; by default they are printed to
     ``stream`` as ``baichuan tokenize: warning: ...`` (also with ``progress=False``)."""
+    stream = stream if stream is not None else sys.stderr
     job = _tokenizer.CorpusJob(config.to_json())
     return _run_job(job, ProgressLine(stream) if progress else None, stream, warn)
 
@@ -146,12 +148,13 @@ def run_merge(
     output: str | os.PathLike[str],
     overwrite: bool = False,
     progress: bool = True,
-    stream: TextIO = sys.stderr,
+    stream: TextIO | None = None,
 ) -> dict[str, Any]:
     """Merges the outputs of ``baichuan tokenize --partition I/N`` (all N, any order) into
     ``output``, byte-identical to a single run of the whole job (``docs/formats.md``); returns the
     merged manifest. Every partition is checked before anything is written."""
     config = {"inputs": [os.fspath(p) for p in partitions], "output": os.fspath(output), "overwrite": overwrite}
+    stream = stream if stream is not None else sys.stderr
     job = _tokenizer.CorpusJob.merge(json.dumps(config))
     return _run_job(job, MergeProgressLine(stream) if progress else None, stream, None)
 
@@ -200,29 +203,20 @@ def load_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _safe_member(out_dir: Path, name: str) -> Path:
-    p = Path(name)
-    if p.is_absolute() or ".." in p.parts:
-        raise ValueError(f"{out_dir / MANIFEST}: refusing shard path {name!r}")
-    return out_dir / p
-
-
 def iter_documents(out_dir: str | os.PathLike[str]) -> Iterator[np.ndarray]:
     """Yields each document's token ids (EOS included when appended), in order, from a finished
-    output directory of either format (memory-mapped; verification and tools, not training)."""
+    output directory of either format (memory-mapped; verification and tools, not training).
+    The shard format is read by ``baichuan.data.ShardManifest`` (the one shard reader); this
+    module reads only the Megatron pair, which training does not read."""
+    from baichuan.data import SHARD_FORMAT, ShardManifest, safe_child
+
     out = Path(out_dir)
     m = load_manifest(out)
-    if m["format"] == "baichuan-shards":
-        dt = np.dtype("<u2") if m["dtype"] == "uint16" else np.dtype("<u4")
-        for sh in m["shards"]:
-            bin_p, idx_p = _safe_member(out, sh["bin"]), _safe_member(out, sh["idx"])
-            offs = np.fromfile(idx_p, dtype="<u8")
-            toks = np.memmap(bin_p, dtype=dt, mode="r") if bin_p.stat().st_size else np.zeros(0, dt)
-            for a, b in zip(offs[:-1], offs[1:]):
-                yield np.asarray(toks[a:b])
+    if m["format"] == SHARD_FORMAT:
+        yield from ShardManifest.load(out).documents()
     elif m["format"] == "megatron-mmap":
-        mg = m["megatron"]
-        yield from _iter_megatron(_safe_member(out, mg["bin"]), _safe_member(out, mg["idx"]))
+        mg, where = m["megatron"], out / MANIFEST
+        yield from _iter_megatron(safe_child(out, mg["bin"], where), safe_child(out, mg["idx"], where))
     else:
         raise ValueError(f"{out / MANIFEST}: unknown format {m['format']!r}")
 

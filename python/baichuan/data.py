@@ -40,7 +40,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -152,8 +152,8 @@ class ShardManifest:
         infos = []
         for i, s in enumerate(shards):
             try:
-                bin_p = _safe_child(d, s["bin"], path)
-                idx_p = _safe_child(d, s["idx"], path)
+                bin_p = safe_child(d, s["bin"], path)
+                idx_p = safe_child(d, s["idx"], path)
                 docs, toks = int(s["documents"]), int(s["tokens"])
             except (KeyError, TypeError, ValueError) as e:
                 raise DataError(f"{path}: shard entry {i} is malformed ({e!r})") from None
@@ -171,8 +171,17 @@ class ShardManifest:
                 infos.append(ShardInfo(bin_p, idx_p, docs, toks))
         return cls(d, dtype, sha, vocab, eos, tuple(infos))
 
+    def documents(self) -> Iterator[np.ndarray]:
+        """Each document's token ids (EOS included), in order, memory-mapped (tools and tests;
+        training reads windows through :class:`ShardSource`)."""
+        for s in self.shards:
+            offsets = np.fromfile(s.idx_path, dtype="<u8")
+            tokens = np.memmap(s.bin_path, dtype=self.dtype, mode="r")
+            for a, b in zip(offsets[:-1], offsets[1:]):
+                yield np.asarray(tokens[a:b])
 
-def _safe_child(root: Path, name: Any, manifest: Path) -> Path:
+
+def safe_child(root: Path, name: Any, manifest: Path) -> Path:
     if not isinstance(name, str) or not name:
         raise DataError(f"{manifest}: shard path must be a non-empty string, got {name!r}")
     p = Path(name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from baichuan.evaluation.backends import BACKENDS
 from baichuan.evaluation.benchmarks import TASKS
@@ -50,14 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from baichuan.evaluation.data import EvalDataError
+    from baichuan.errors import BaichuanError, as_user_error
     from baichuan.evaluation.report import format_columns, summary_columns
     from baichuan.evaluation.runner import EvalConfig
     from baichuan.evaluation.runner import run as run_eval
 
     if args.shot < 0 or args.batch_size < 1 or args.max_length < 1:
-        print("baichuan eval: error: --shot must be >= 0, --batch-size and --max-length >= 1", file=sys.stderr)
-        return 2
+        raise BaichuanError("--shot must be >= 0, --batch-size and --max-length >= 1")
     cfg = EvalConfig(
         task=args.task, data_dir=args.data_dir, model=args.model, tokenizer=args.tokenizer,
         shot=args.shot, split=args.split, subjects=args.subjects, batch_size=args.batch_size,
@@ -66,11 +64,8 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype, trust_remote_code=args.trust_remote_code, backend=args.backend, limit=args.limit,
         progress=not args.no_progress,
     )
-    try:
+    with as_user_error(ValueError):  # EvalDataError is a BaichuanError; OSError is printed by baichuan.cli
         result = run_eval(cfg)
-    except (EvalDataError, FileNotFoundError, ValueError) as exc:
-        print(f"baichuan eval: error: {exc}", file=sys.stderr)
-        return 1
     print(f"{result.task} {result.split} {result.shot}-shot, {result.questions} questions, "
           f"{result.seconds:.1f} s: {format_columns(summary_columns(result))}")
     if args.output:

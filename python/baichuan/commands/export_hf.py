@@ -35,11 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from baichuan.errors import BaichuanError
+    from baichuan.errors import as_user_error
     from baichuan.hf import export_hf
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
+    with as_user_error(ValueError):
         out = export_hf(
             args.checkpoint,
             args.output,
@@ -49,10 +49,5 @@ def run(args: argparse.Namespace) -> int:
             max_shard_size=args.max_shard_size,
             overwrite=args.overwrite,
         )
-    except ValueError as e:  # BaichuanError and OSError: printed by baichuan.cli as one line
-        if isinstance(e, BaichuanError):
-            raise
-        print(f"baichuan export-hf: error: {e}", file=sys.stderr)
-        return 2
     print(f"wrote {out}: load with AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
     return 0

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from baichuan import Tokenizer
-    from baichuan.errors import BaichuanError
+    from baichuan.errors import BaichuanError, as_user_error
     from baichuan.generate import GenerationConfig, check_vocab, generate
     from baichuan.hf import checkpoint_folder, find_tokenizer, load_pretrained
 
@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir = checkpoint_folder(args.model)  # a missing folder is named as such (cli prints it)
     tok_path = Path(args.tokenizer) if args.tokenizer else find_tokenizer(model_dir) or model_dir / "tokenizer.model"
     if not tok_path.is_file():
-        print(f"baichuan generate: error: tokenizer model not found: {tok_path} (pass --tokenizer)", file=sys.stderr)
-        return 2
+        raise BaichuanError(f"tokenizer model not found: {tok_path} (pass --tokenizer)")
     prompt = args.prompt
     if prompt is None or prompt == "-":
         prompt = sys.stdin.read()
@@ -70,17 +69,12 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         add_bos=args.bos,
     )
-    try:
+    with as_user_error(ValueError, RuntimeError):
         cfg.validate()
         tok = Tokenizer.from_file(tok_path)
         model = load_pretrained(model_dir, device=device, dtype=getattr(torch, dtype_name),
                                 attn_backend=args.attn_backend)
         check_vocab(model, tok, str(tok_path))
-    except (ValueError, RuntimeError) as e:  # BaichuanError and OSError: printed by baichuan.cli
-        if isinstance(e, BaichuanError):
-            raise
-        print(f"baichuan generate: error: {e}", file=sys.stderr)
-        return 2
     stream = None if args.no_stream else sys.stdout
     text = generate(model, tok, prompt, cfg, stream=stream)
     if args.no_stream:

@@ -29,14 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from baichuan.corpus import CorpusError, run_merge, summary_table
+    from baichuan.corpus import run_merge, summary_table
 
-    try:
+    try:  # CorpusError and OSError: printed by baichuan.cli as one line
         manifest = run_merge(args.partitions, args.output, overwrite=args.overwrite, progress=not args.quiet)
-    except (CorpusError, OSError) as e:
-        msg = str(e).removeprefix("invalid corpus options: ")
-        print(f"baichuan merge-shards: error: {msg}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"baichuan merge-shards: interrupted; {args.output} is incomplete (no manifest.json): "
               "rerun with --overwrite", file=sys.stderr)

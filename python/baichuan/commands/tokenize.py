@@ -60,44 +60,33 @@ def _holdout_per_million(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from baichuan.corpus import CorpusError, TokenizeConfig, run_tokenize, summary_table
-    from baichuan.tokenizer import TokenizerError
+    from baichuan.corpus import TokenizeConfig, run_tokenize, summary_table
+    from baichuan.errors import BaichuanError
 
     if args.workers < 0:
-        print("baichuan tokenize: --workers must be >= 0 (0 = one per core)", file=sys.stderr)
-        return 2
+        raise BaichuanError("--workers must be >= 0 (0 = one per core)")
     if args.min_tokens < 0:
-        print("baichuan tokenize: --min-tokens must be >= 0", file=sys.stderr)
-        return 2
+        raise BaichuanError("--min-tokens must be >= 0")
     if args.partition is not None:
         from baichuan._tokenizer import parse_partition  # type: ignore[attr-defined]
 
-        try:
-            parse_partition(args.partition)
-        except CorpusError as e:
-            print(f"baichuan tokenize: error: {str(e).removeprefix('invalid corpus options: ')}", file=sys.stderr)
-            return 2
+        parse_partition(args.partition)  # a CorpusError names the problem; baichuan.cli prints it
         if args.format == "megatron":
-            print(f"baichuan tokenize: error: --partition {args.partition}: works with the shard format only "
-                  "(merge-shards cannot join Megatron pairs)", file=sys.stderr)
-            return 2
+            raise BaichuanError(f"--partition {args.partition}: works with the shard format only "
+                                "(merge-shards cannot join Megatron pairs)")
     holdout = 0
     if args.holdout is not None:
         try:
             holdout = _holdout_per_million(args.holdout)
         except ValueError as e:
-            print(f"baichuan tokenize: error: --holdout {args.holdout}: {e}", file=sys.stderr)
-            return 2
+            raise BaichuanError(f"--holdout {args.holdout}: {e}") from None
     cfg = dataclass_from_args(
         args, TokenizeConfig, fields=FLAGS, holdout_per_million=holdout,
         extra={"debug_kill_after_checkpoints": args.debug_kill_after_checkpoints}
         if args.debug_kill_after_checkpoints > 0 else {},
     )
-    try:
+    try:  # TokenizerError/CorpusError and OSError: printed by baichuan.cli as one line
         manifest = run_tokenize(cfg, progress=not args.quiet)
-    except (TokenizerError, OSError) as e:  # CorpusError is a TokenizerError (e.g. a bad .model)
-        print(f"baichuan tokenize: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"baichuan tokenize: interrupted; continue with --resume (output: {args.output})", file=sys.stderr)
         return 130

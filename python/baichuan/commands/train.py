@@ -15,10 +15,10 @@ import argparse
 import json
 import os
 import re
-import sys
 from typing import Any
 
 from baichuan.cli_fields import add_dataclass_arguments, dataclass_from_args
+from baichuan.errors import as_user_error
 
 HELP = "Pre-train a Baichuan model with DeepSpeed (shards or a text directory; exact resume)."
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     """Everything that can be checked is checked here, in this process, before DeepSpeed starts:
     the flags, the data and tokenizer, the model config, and the run directory (a previous run is
     refused without --resume/--overwrite); a problem is one line and exit status 2."""
-    try:
+    with as_user_error(ValueError):  # and OSError, BaichuanError: printed by baichuan.cli
         cfg = config_from_args(args)
         launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
         if not launched:
@@ -123,9 +123,6 @@ def run(args: argparse.Namespace) -> int:
 
             prepare_run_dir(cfg)
             cfg = cfg.for_ranks()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"baichuan train: error: {e}", file=sys.stderr)
-        return 2
     # One process (or a rank started by an outside launcher, which baichuan.train checks itself).
     from baichuan.train import run_and_report, stop_on_sigterm
 

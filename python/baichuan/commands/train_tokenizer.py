@@ -6,7 +6,6 @@ Argument parsing only; the training is sentencepiece's (``baichuan.tokenizer_tra
 from __future__ import annotations
 
 import argparse
-import sys
 
 from baichuan.cli_fields import add_dataclass_arguments, dataclass_from_args
 
@@ -44,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from baichuan.errors import BaichuanError
+    from baichuan.errors import BaichuanError, as_user_error
     from baichuan.tokenizer_training import (
         BAICHUAN_SYMBOLS,
         TrainTokenizerConfig,
@@ -59,19 +58,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         import sentencepiece as spm
     except ImportError:
-        print(
-            "baichuan train-tokenizer: needs sentencepiece's trainer: pip install 'baichuan-stack[train]' "
-            "(or pip install sentencepiece)",
-            file=sys.stderr,
-        )
-        return 1
+        raise BaichuanError(
+            "needs sentencepiece's trainer: pip install 'baichuan-stack[train]' (or pip install sentencepiece)"
+        ) from None
     if not args.verbose:
         spm.set_min_log_level(2)
-    try:
+    with as_user_error(ValueError, RuntimeError):  # sentencepiece's trainer raises both for bad input
         result = train_tokenizer(cfg)
-    except (BaichuanError, OSError, ValueError, RuntimeError) as e:
-        print(f"baichuan train-tokenizer: error: {e}", file=sys.stderr)
-        return 1
     print(
         f"trained a {result.vocab_size}-piece BPE model on {result.sentences} sentences: "
         f"{result.model_path} ({result.vocab_path})"
