@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from baichuan.devices import DTYPE_CHOICES
 from baichuan.evaluation.backends import BACKENDS
 from baichuan.evaluation.benchmarks import TASKS
 
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-prefix-cache", action="store_true",
                         help="run every prompt in full (same results, slower)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="auto: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="auto: Baichuan folders (ours, export-hf, official) load into our model, "
                              "other transformers folders through AutoModelForCausalLM")

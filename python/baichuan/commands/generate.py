@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from baichuan.devices import DTYPE_CHOICES
+
 HELP = "Generate text from a model folder (native, exported transformers, or official baichuan-7B layout)."
 
 
@@ -31,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-stream", action="store_true", help="print the text once at the end")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument(
-        "--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+        "--dtype", default="auto", choices=DTYPE_CHOICES,
         help="default: bfloat16 on CUDA, float32 on CPU",
     )
     parser.add_argument(
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from baichuan import Tokenizer
+    from baichuan.devices import resolve_device, resolve_dtype
     from baichuan.errors import BaichuanError, as_user_error
     from baichuan.generate import GenerationConfig, check_vocab, generate
     from baichuan.hf import checkpoint_folder, find_tokenizer, load_pretrained
@@ -58,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     prompt = args.prompt
     if prompt is None or prompt == "-":
         prompt = sys.stdin.read()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    device = torch.device(resolve_device(args.device))
+    dtype = resolve_dtype(args.dtype, device.type)
     cfg = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     with as_user_error(ValueError, RuntimeError):
         cfg.validate()
         tok = Tokenizer.from_file(tok_path)
-        model = load_pretrained(model_dir, device=device, dtype=getattr(torch, dtype_name),
+        model = load_pretrained(model_dir, device=device, dtype=dtype,
                                 attn_backend=args.attn_backend)
         check_vocab(model, tok, str(tok_path))
     stream = None if args.no_stream else sys.stdout

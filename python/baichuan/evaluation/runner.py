@@ -202,18 +202,10 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 
 
 def resolve_device_dtype(device: str | None, dtype: str) -> tuple[str, Any]:
-    import torch
+    from baichuan.devices import resolve_device, resolve_dtype
 
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype == "auto":
-        dt = torch.bfloat16 if dev.startswith("cuda") else torch.float32
-    else:
-        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-        if dtype not in names:
-            raise EvalDataError(f"unknown dtype {dtype!r} (have {', '.join(names)})")
-        dt = names[dtype]
-    return dev, dt
+    dev = resolve_device(device)
+    return dev, resolve_dtype(dtype, dev)
 
 
 def check_tokenizer_fits(model: Any, tokenizer: Any, name: str) -> None:
