@@ -17,3 +17,7 @@ class BaichuanError(Exception):
 
 class RefusedError(BaichuanError, ValueError):
     """A flag or an input was refused before any work was done (e.g. an unsafe ``--overwrite``)."""
+
+
+class TrainingError(BaichuanError, RuntimeError):
+    """The run cannot continue (bad input, diverged loss, inconsistent checkpoint)."""

@@ -46,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from baichuan import Tokenizer
+    from baichuan.checkpoint import checkpoint_folder, find_tokenizer, load_pretrained
     from baichuan.errors import BaichuanError
     from baichuan.generate import GenerationConfig, check_vocab, generate
-    from baichuan.hf import checkpoint_folder, find_tokenizer, load_pretrained
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     model_dir = checkpoint_folder(args.model)  # a missing folder is named as such (cli prints it)
