@@ -7,6 +7,11 @@ Entry points:
 * ``python -m baichuan.train --config run.json`` is what :func:`baichuan.launch.launch` starts on
   each rank through the ``deepspeed`` launcher (``baichuan train --num-procs N``).
 
+Shape of a rank's run: :func:`plan_run` (pure, no torch: resume point, tokenizer sha256, model and
+DeepSpeed config), then :class:`Trainer` (``build``, ``train_step(batch)``, ``train``). The
+checkpoint layout belongs to :class:`baichuan.checkpoint.Checkpointer`, the log lines, metrics
+and the loss curve to :mod:`baichuan.metrics`.
+
 Run directory (``cfg.output_dir``)::
 
     run.json                  the TrainConfig, model config and tokenizer sha256 of the run
@@ -179,8 +184,7 @@ def preflight(cfg: TrainConfig) -> None:
         raise TrainingError(f"--init-from {cfg.init_from}: not found")
     _plan_run_dir(cfg)
     vocab_hint, data_sha = _tokenizer_vocab(cfg)
-    ckpt = checkpoint_dir(cfg)
-    if cfg.resume and ((ckpt / "latest").exists() or any(ckpt.glob("step-*"))):  # checked when chosen (faults)
+    if cfg.resume and Checkpointer(checkpoint_dir(cfg)).has_any():  # checked when chosen (faults)
         return  # the checkpoint's recorded model and tokenizer win; the ranks check them
     vocab = _model_config(cfg, vocab_hint, None).vocab_size
     micro = int(ds.get("train_micro_batch_size_per_gpu", 1))
