@@ -11,7 +11,9 @@ it prints tokens/s, TFLOPS and MFU against 989.4 TFLOP/s (H100/H200 dense bf16),
 (``baichuan.model.flops_per_token``; the formula of ../shared/gpu/README.md, whose H200 anchors
 are: HF Llama + SDPA plain loop 42.6%, DeepSpeed ZeRO-2 + xformers 34.9%, DeepSpeed + SDPA 36.3%).
 
-Loss paths: ``chunked`` is the model's chunked LM-head loss, ``model(x[:, :-1], labels=x,
+Each micro-batch runs ``baichuan.train.Trainer.train_step`` (the step of ``baichuan train``: the
+loss inside the model, the all-ranks non-finite check, backward, optimizer step) on the engine built
+here. Loss paths: ``chunked`` is the model's chunked LM-head loss, ``model(x[:, :-1], labels=x,
 ce_chunk=N)`` (what ``baichuan train`` uses; no fp32 logits for all 64000 classes), ``plain`` is
 ``ce_chunk=0``: bf16 logits + fp32 ``F.cross_entropy``.
 
@@ -69,6 +71,9 @@ class _PlainEngine:
 
     def backward(self, loss) -> None:
         loss.backward()
+
+    def get_lr(self) -> list[float]:
+        return [group["lr"] for group in self.opt.param_groups]
 
     def step(self) -> None:
         import torch
@@ -178,6 +183,9 @@ def child(args: argparse.Namespace) -> dict:
     batches = [torch.randint(0, mcfg.vocab_size, (args.micro_batch, seq + 1), generator=g) for _ in range(4)]
     source = open_data(args, mcfg.vocab_size)
     chunk = args.chunk if args.loss == "chunked" else 0
+    from baichuan.train import Trainer
+
+    trainer = Trainer.for_engine(engine, device, ce_chunk=chunk)  # the training step of `baichuan train`
     times, losses, data_times = [], [], []
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -193,13 +201,11 @@ def child(args: argparse.Namespace) -> dict:
         if i >= args.warmup:
             data_times.append(time.perf_counter() - td)
         t0 = time.perf_counter()
-        loss = engine(x[:, :-1], labels=x, ce_chunk=chunk).loss
-        engine.backward(loss)
-        engine.step()
+        loss = trainer.train_step(x)  # forward with the loss inside, non-finite check, backward, step
         if cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        losses.append(float(loss.detach().float()))
+        losses.append(float("nan") if loss is None else loss)
         if i >= args.warmup:
             times.append(dt)
     step = statistics.median(times)

@@ -147,3 +147,44 @@ def test_deepspeed_extension_folder_is_per_environment_and_announced(
     (tmp_path / "ext" / "deepspeed_shm_comm").mkdir(parents=True)
     (tmp_path / "ext" / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").write_bytes(b"")
     assert launch.announce_extension_build() is False and capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------------- plan_run (no torch)
+_PLAN_SCRIPT = r"""
+import json, sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.modules["torch"] = None  # any torch import fails
+from baichuan.train import DistEnv, plan_run, prepare_run_dir
+from baichuan.train_config import TrainConfig
+
+data, out, spm = sys.argv[1:4]
+cfg = TrainConfig(data=data, tokenizer=spm, output_dir=out, model="tiny", max_length=16, steps=4,
+                  precision="fp32", micro_batch_size=2, gradient_accumulation_steps=3)
+p = plan_run(cfg, DistEnv(0, 0, 1))
+print(json.dumps({"vocab": p.model_config.vocab_size, "micro": p.micro_batch, "accum": p.grad_accum,
+                  "zero": p.zero_stage, "tag": p.tag, "from": p.expected_from}))
+prepare_run_dir(cfg)
+ck = Path(out) / "checkpoints" / "step-2"
+ck.mkdir(parents=True)
+(ck / "trainer_state_rank00000.json").write_text(json.dumps({"step": 2, "data": {}, "world_size": 1}))
+(Path(out) / "checkpoints" / "latest").write_text("step-2\n")
+(Path(out) / "run.json").write_text(json.dumps({"model_config": p.model_config.to_dict(),
+                                                 "tokenizer_sha256": p.data_sha}))
+q = plan_run(replace(cfg, resume=True, resume_tag="step-2"), DistEnv(0, 0, 1))
+print(json.dumps({"tag": q.tag, "step": q.rank_state["step"], "from": q.expected_from}))
+"""
+
+
+def test_plan_run_resolves_a_run_without_torch(tmp_path: Path) -> None:
+    """`train.plan_run`: model config (vocab from the tokenizer), DeepSpeed config, the checkpoint to
+    resume with its trainer state and recorded tokenizer, all with torch unimportable."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("some text to train on\n")
+    r = subprocess.run([sys.executable, "-c", _PLAN_SCRIPT, str(tmp_path / "data"), str(tmp_path / "run"), str(SPM)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    first, resumed = (json.loads(line) for line in r.stdout.splitlines())
+    assert first == {"vocab": 32000, "micro": 2, "accum": 3, "zero": 2, "tag": None, "from": f"--tokenizer {SPM}"}
+    assert resumed == {"tag": "step-2", "step": 2, "from": f"recorded in {tmp_path / 'run' / 'run.json'}"}

@@ -33,3 +33,7 @@ def as_user_error(*types: type[BaseException]) -> Iterator[None]:
         raise
     except types as e:
         raise BaichuanError(str(e) or type(e).__name__) from e
+
+
+class TrainingError(BaichuanError, RuntimeError):
+    """The run cannot continue (bad input, diverged loss, inconsistent checkpoint)."""

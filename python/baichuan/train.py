@@ -7,6 +7,11 @@ Entry points:
 * ``python -m baichuan.train --config run.json`` is what :func:`baichuan.launch.launch` starts on
   each rank through the ``deepspeed`` launcher (``baichuan train --num-procs N``).
 
+Shape of a rank's run: :func:`plan_run` (pure, no torch: resume point, tokenizer sha256, model and
+DeepSpeed config), then :class:`Trainer` (``build``, ``train_step(batch)``, ``train``). The
+checkpoint layout belongs to :class:`baichuan.checkpoint.Checkpointer`, the log lines, metrics
+and the loss curve to :mod:`baichuan.metrics`.
+
 Run directory (``cfg.output_dir``)::
 
     run.json                  the TrainConfig, model config and tokenizer sha256 of the run
@@ -33,9 +38,7 @@ MFU = TFLOPS / ``peak_tflops`` (989.4 for H100/H200 dense bf16, baichuan.units).
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
 import sys
 import time
 import zlib
@@ -43,12 +46,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from baichuan.errors import BaichuanError
+from baichuan.checkpoint import (  # noqa: F401 - the checkpoint layout's functions, re-exported
+    Checkpointer,
+    latest_model_dir,
+    latest_tag,
+    prune_checkpoints,
+    step_tag,
+    write_atomic,
+)
+from baichuan.errors import TrainingError
+from baichuan.metrics import Logger, gather_step_stats, plot_loss_curve, step_record
 from baichuan.train_config import TrainConfig, build_deepspeed_config, precision_of
-
-
-class TrainingError(BaichuanError, RuntimeError):
-    """The run cannot continue (bad input, diverged loss, inconsistent checkpoint)."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -93,57 +101,6 @@ def checkpoint_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.output_dir) / "checkpoints"
 
 
-def step_tag(step: int) -> str:
-    return f"step-{step}"
-
-
-def latest_tag(ckpt_dir: Path) -> str | None:
-    p = ckpt_dir / "latest"
-    if not p.is_file():
-        return None
-    tag = p.read_text(encoding="utf-8").strip()
-    if not tag or "/" in tag or tag.startswith("."):
-        raise TrainingError(f"{p}: does not name a checkpoint ({tag!r})")
-    if not (ckpt_dir / tag).is_dir():
-        raise TrainingError(f"{p} names {tag}, but {ckpt_dir / tag} does not exist")
-    return tag
-
-
-def latest_model_dir(output_dir: str | os.PathLike[str]) -> Path:
-    """The native model folder of a run's newest complete checkpoint (for generate/export-hf)."""
-    ckpt = Path(output_dir) / "checkpoints"
-    tag = latest_tag(ckpt)
-    if tag is None:
-        raise TrainingError(f"{output_dir}: no checkpoint yet ({ckpt / 'latest'} is missing)")
-    model = ckpt / tag / "model"
-    if not (model / "config.json").is_file():
-        raise TrainingError(f"{ckpt / tag}: the native model folder is missing")
-    return model
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def prune_checkpoints(ckpt_dir: Path, keep_last: int, protect: str) -> list[str]:
-    """Delete ``step-N`` folders beyond the newest ``keep_last`` (never ``protect``)."""
-    tags = []
-    for p in ckpt_dir.glob("step-*"):
-        try:
-            tags.append((int(p.name.split("-", 1)[1]), p.name))
-        except ValueError:
-            continue
-    tags.sort()
-    removed = []
-    for _, name in tags[: max(0, len(tags) - keep_last)]:
-        if name != protect:
-            shutil.rmtree(ckpt_dir / name, ignore_errors=True)
-            removed.append(name)
-    return removed
-
-
 # ----------------------------------------------------------------------------------- the run
 def _model_config(cfg: TrainConfig, vocab_hint: int | None, saved: dict[str, Any] | None):
     from baichuan.config import ModelConfig, scaled_for_training
@@ -151,7 +108,7 @@ def _model_config(cfg: TrainConfig, vocab_hint: int | None, saved: dict[str, Any
     if saved is not None:  # resuming: the checkpoint's architecture wins
         mc = ModelConfig.from_dict(saved)
     elif cfg.init_from:
-        from baichuan.hf import checkpoint_config
+        from baichuan.checkpoint import checkpoint_config
 
         mc = checkpoint_config(cfg.init_from)
     elif cfg.model.endswith(".json") or os.sep in cfg.model:
@@ -227,8 +184,7 @@ def preflight(cfg: TrainConfig) -> None:
         raise TrainingError(f"--init-from {cfg.init_from}: not found")
     _plan_run_dir(cfg)
     vocab_hint, data_sha = _tokenizer_vocab(cfg)
-    ckpt = checkpoint_dir(cfg)
-    if cfg.resume and ((ckpt / "latest").exists() or any(ckpt.glob("step-*"))):  # checked when chosen (faults)
+    if cfg.resume and Checkpointer(checkpoint_dir(cfg)).has_any():  # checked when chosen (faults)
         return  # the checkpoint's recorded model and tokenizer win; the ranks check them
     vocab = _model_config(cfg, vocab_hint, None).vocab_size
     micro = int(ds.get("train_micro_batch_size_per_gpu", 1))
@@ -267,7 +223,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     env = DistEnv.from_env()
     added: list[str] = []
     if env.world_size == 1:  # no launcher: a world of one, for this call only
-        from baichuan.launch import free_port
+        from baichuan.extensions import free_port
 
         for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port())), ("RANK", "0"),
                            ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
@@ -281,39 +237,119 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             os.environ.pop(key, None)
 
 
-def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
-    import torch
+# ----------------------------------------------------------------------------- the plan of a run
+@dataclass
+class RunPlan:
+    """What a rank decides before torch and DeepSpeed start (:func:`plan_run`; no torch import)."""
 
+    cfg: TrainConfig
+    env: DistEnv
+    run_dir_plan: Any  # baichuan.safety's plan of the run directory, applied by rank 0 after the rendezvous
+    tag: str | None  # the checkpoint --resume loads (None: a new run)
+    record: dict[str, Any] | None  # run.json of the run resumed
+    data_sha: str | None  # sha256 of the data's tokenizer (the .model file or the shards' manifest)
+    expected_sha: str | None  # the model's tokenizer, when known (run.json, --init-from, --tokenizer)
+    expected_from: str  # where expected_sha comes from, for messages
+    model_config: Any  # baichuan.config.ModelConfig
+    ds_config: dict[str, Any]
+    rank_state: dict[str, Any] | None  # this rank's trainer state of the checkpoint resumed
+    cuda: bool
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    @property
+    def run_json(self) -> Path:
+        return self.run_dir / "run.json"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return checkpoint_dir(self.cfg)
+
+    @property
+    def micro_batch(self) -> int:
+        return int(self.ds_config["train_micro_batch_size_per_gpu"])
+
+    @property
+    def grad_accum(self) -> int:
+        return int(self.ds_config.get("gradient_accumulation_steps", 1))
+
+    @property
+    def zero_stage(self) -> int:
+        return int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def plan_run(cfg: TrainConfig, env: DistEnv | None = None, *, cuda: bool = False) -> RunPlan:
+    """Resolve one rank's run without torch: the data exists, the run directory may be used, the
+    checkpoint to resume (and its run.json and trainer state), the tokenizer's sha256, the model
+    config and the DeepSpeed config (``cuda``: whether the rank trains on a GPU)."""
     from baichuan import data as data_mod
     from baichuan import mixture
 
+    env = env or DistEnv.from_env()
     for spec in mixture.parse_sources(cfg.data, "--data"):
         if not Path(spec.path).exists():
             raise data_mod.DataError(f"training data not found: {spec.path}")
-    run_dir = Path(cfg.output_dir)
-    ckpt_dir = checkpoint_dir(cfg)
     # Every rank checks the run directory before any rank writes (rank 0 applies it after the
-    # rendezvous below): a previous run is refused without resume/overwrite (baichuan.safety).
-    run_plan = _plan_run_dir(cfg)
+    # rendezvous): a previous run is refused without resume/overwrite (baichuan.safety).
+    run_dir_plan = _plan_run_dir(cfg)
+    ckpt = Checkpointer(checkpoint_dir(cfg), env.rank, env.world_size)
+    tag, record = _resume_point(cfg, env, ckpt)
+    vocab_hint, data_sha = _tokenizer_vocab(cfg)
+    expected_sha, expected_from = _expected_tokenizer(cfg, record, data_sha)
 
     # What was recorded when the run started (resume) wins over the command line for the model.
-    run_json = run_dir / "run.json"
-    record: dict[str, Any] | None = None
-    tag = None
-    if cfg.resume:
-        tag = _resume_tag(cfg, ckpt_dir, env)
-        if tag is None and env.rank == 0:
-            print(f"--resume: no checkpoint in {ckpt_dir} yet; starting at step 0", file=sys.stderr, flush=True)
-        if tag is not None:
-            if not run_json.is_file():
-                raise TrainingError(f"cannot resume: {run_json} is missing")
-            record = json.loads(run_json.read_text(encoding="utf-8"))
+    mcfg = _model_config(cfg, vocab_hint, record.get("model_config") if record else None)
+    if cfg.attn_backend is not None:
+        mcfg.attn_backend = cfg.attn_backend
+    mcfg.gradient_checkpointing = cfg.activation_checkpointing
+    ds_config = build_deepspeed_config(cfg, cpu=not cuda)
+    plan = RunPlan(cfg, env, run_dir_plan, tag, record, data_sha, expected_sha, expected_from, mcfg, ds_config,
+                   None, cuda)
+    if tag is not None:
+        plan.rank_state = ckpt.trainer_state(tag, plan.zero_stage)
+    return plan
 
-    vocab_hint, data_sha = _tokenizer_vocab(cfg)
+
+def _resume_point(cfg: TrainConfig, env: DistEnv, ckpt: Checkpointer) -> tuple[str | None, dict[str, Any] | None]:
+    """The checkpoint --resume loads and the run.json recorded when the run started."""
+    if not cfg.resume:
+        return None, None
+    tag = _resume_tag(cfg, env, ckpt)
+    if tag is None:
+        if env.rank == 0:
+            print(f"--resume: no checkpoint in {ckpt.directory} yet; starting at step 0", file=sys.stderr, flush=True)
+        return None, None
+    run_json = Path(cfg.output_dir) / "run.json"
+    if not run_json.is_file():
+        raise TrainingError(f"cannot resume: {run_json} is missing")
+    return tag, json.loads(run_json.read_text(encoding="utf-8"))
+
+
+def _resume_tag(cfg: TrainConfig, env: DistEnv, ckpt: Checkpointer) -> str | None:
+    """The checkpoint --resume loads. Our launcher verified it already (``cfg.resume_tag``); a
+    one-process run verifies here, falling back to the previous complete checkpoint with a warning
+    (``baichuan.faults.choose_checkpoint``); ranks of another launcher check ``latest`` on local
+    rank 0 (before DeepSpeed's start-up collectives, which the others wait in) and refuse a damaged one."""
+    if cfg.resume_tag:
+        return ckpt.named(cfg.resume_tag)
+    if env.world_size == 1:
+        from baichuan.faults import choose_checkpoint
+
+        return choose_checkpoint(ckpt.directory, lambda line: print(line, file=sys.stderr, flush=True))
+    return ckpt.latest_verified(env.local_rank == 0)
+
+
+def _expected_tokenizer(cfg: TrainConfig, record: dict[str, Any] | None, data_sha: str | None) -> tuple[str | None, str]:
+    """The model's tokenizer (sha256, where it comes from): run.json, then --init-from, then
+    --tokenizer; --tokenizer must match it."""
+    from baichuan import data as data_mod
+
     expected_sha = record.get("tokenizer_sha256") if record else None
-    expected_from = f"recorded in {run_json}" if expected_sha else ""
+    expected_from = f"recorded in {Path(cfg.output_dir) / 'run.json'}" if expected_sha else ""
     if cfg.init_from:
-        from baichuan.hf import find_tokenizer
+        from baichuan.checkpoint import find_tokenizer
 
         init_tok = find_tokenizer(cfg.init_from)
         if init_tok is not None and not expected_sha:
@@ -324,330 +360,386 @@ def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
         raise data_mod.DataError(
             f"--tokenizer {cfg.tokenizer} is not the model's tokenizer ({expected_from}); sha256 differs"
         )
+    return expected_sha, expected_from
 
-    mcfg = _model_config(cfg, vocab_hint, record.get("model_config") if record else None)
-    if cfg.attn_backend is not None:
-        mcfg.attn_backend = cfg.attn_backend
-    mcfg.gradient_checkpointing = cfg.activation_checkpointing
 
-    cuda = torch.cuda.is_available()
-    ds_config = build_deepspeed_config(cfg, cpu=not cuda)
-    micro_batch = int(ds_config["train_micro_batch_size_per_gpu"])
-    grad_accum = int(ds_config.get("gradient_accumulation_steps", 1))
-    zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+def _run(cfg: TrainConfig, env: DistEnv) -> TrainResult:
+    import torch
 
-    # Data first: bad input fails before DeepSpeed starts and the model is built.
-    rank_state: dict[str, Any] | None = None
-    if tag is not None:
-        first_state = ckpt_dir / tag / "trainer_state_rank00000.json"
-        saved_world = env.world_size
-        if first_state.is_file():
-            saved_world = int(json.loads(first_state.read_text(encoding="utf-8")).get("world_size", env.world_size))
-        if saved_world != env.world_size and zero_stage > 0:
-            raise TrainingError(
-                f"cannot resume {ckpt_dir / tag} with {env.world_size} rank(s): it was saved by {saved_world} ranks with "
-                f"ZeRO-{zero_stage}, whose optimizer state DeepSpeed cannot re-partition; resume with {saved_world} ranks "
-                "(a mixture's data position itself carries over to any number of ranks; docs/training.md)"
-            )
-        # Another number of ranks (ZeRO-0): rank 0's data position is the global one (shards, mixtures).
-        state_rank = env.rank if saved_world == env.world_size else 0
-        state_file = ckpt_dir / tag / f"trainer_state_rank{state_rank:05d}.json"
-        if not state_file.is_file():
-            raise TrainingError(f"cannot resume from {ckpt_dir / tag}: {state_file.name} is missing (incomplete checkpoint?)")
-        rank_state = json.loads(state_file.read_text(encoding="utf-8"))
-    source = mixture.open_training_data(
-        cfg.data,
-        seq_len=cfg.max_length + 1,
-        micro_batch=micro_batch,
-        rank=env.rank,
-        world_size=env.world_size,
-        seed=cfg.seed,
-        vocab_size=mcfg.vocab_size,
-        tokenizer_path=cfg.tokenizer,
-        expected_tokenizer_sha256=expected_sha,
-        expected_from=expected_from,
-        state=rank_state["data"] if rank_state else None,
-        encode_threads=cfg.encode_threads,
-    )
-    tokenizer_sha = expected_sha or data_sha
-    if isinstance(source, data_mod.ShardSource):
-        tokenizer_sha = source.manifest.tokenizer_sha256
-    elif isinstance(source, mixture.MixtureSource):
-        tokenizer_sha = source.readers[0].manifest.tokenizer_sha256
-    eval_set = None
-    if cfg.eval_data is not None:
-        eval_set = mixture.open_eval(
-            cfg.eval_data, seq_len=cfg.max_length + 1, eval_tokens=cfg.eval_tokens, vocab_size=mcfg.vocab_size,
-            expected_tokenizer_sha256=tokenizer_sha, expected_from=expected_from or "the training data",
+    return Trainer(plan_run(cfg, env, cuda=torch.cuda.is_available())).build().train()
+
+
+# ----------------------------------------------------------------------------------- the trainer
+class Trainer:
+    """One rank's training run: :meth:`build` (data, DeepSpeed engine, resume), :meth:`train_step`
+    (one micro-batch), :meth:`train` (the loop: metrics, validation, checkpoints)."""
+
+    def __init__(self, plan: RunPlan) -> None:
+        self.plan, self.cfg, self.env = plan, plan.cfg, plan.env
+        self.is_main = plan.env.rank == 0
+        self.ckpt = Checkpointer(plan.ckpt_dir, plan.env.rank, plan.env.world_size)
+        self.source: Any = None
+        self.eval_set: Any = None
+        self.model: Any = None
+        self.log: Logger | None = None
+        self.tokenizer_sha: str | None = None
+        self._step_state(None, None, plan.cfg.chunked_ce, plan.cfg.inject_nonfinite, plan.cfg.max_nonfinite_in_row)
+
+    @classmethod
+    def for_engine(cls, engine: Any, device: Any, ce_chunk: int = 0, max_nonfinite_in_row: int = 1 << 62) -> Trainer:
+        """A trainer around an engine built elsewhere, for :meth:`train_step` alone (scripts/bench_train.py)."""
+        t = cls.__new__(cls)
+        t.log = None
+        t._step_state(engine, device, ce_chunk, [], max_nonfinite_in_row)
+        return t
+
+    def _step_state(self, engine: Any, device: Any, ce_chunk: int, inject_nonfinite: Any, max_in_row: int) -> None:
+        self.engine, self.device, self.ce_chunk = engine, device, ce_chunk
+        self.inject_nonfinite, self.max_nonfinite_in_row = inject_nonfinite, max_in_row
+        self.step = 0  # optimizer steps done
+        self.micro = 0  # micro-batches run (skipped ones too)
+        self.in_row = 0  # non-finite micro-batches in a row
+        self.nonfinite_total = 0
+        self.tokens_seen = 0
+        self.acc_loss, self.acc_n, self.fingerprint = 0.0, 0, 0  # of the current optimizer step
+        self.lr = float("nan")
+
+    def _info(self, msg: str) -> None:
+        if self.log is not None:
+            self.log.info(msg)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------------------- build
+    def build(self) -> Trainer:
+        """Open the data (bad input fails before DeepSpeed starts and the model is built), join the
+        ranks, write run.json, build the engine, load the checkpoint resumed."""
+        self._open_data()
+        plan = self.plan
+        init_state = _init_state(self.cfg.init_from, plan.model_config, plan.zero_stage) if (
+            self.cfg.init_from and plan.tag is None) else None
+        self._init_distributed()
+        self._write_run_record()
+        self._build_engine(init_state)
+        self._resume()
+        self._announce()
+        from baichuan import faults
+
+        self.fault = faults.DebugFault(self.cfg.debug_fault, self.env.rank, self.cfg.attempt)
+        self.watchdog = faults.Watchdog(plan.run_dir, self.env.rank, self.cfg.attempt, self.cfg.hang_timeout).start()
+        return self
+
+    def _open_data(self) -> None:
+        from baichuan import data as data_mod
+        from baichuan import mixture
+
+        cfg, plan, env = self.cfg, self.plan, self.env
+        self.source = mixture.open_training_data(
+            cfg.data,
+            seq_len=cfg.max_length + 1,
+            micro_batch=plan.micro_batch,
+            rank=env.rank,
+            world_size=env.world_size,
+            seed=cfg.seed,
+            vocab_size=plan.model_config.vocab_size,
+            tokenizer_path=cfg.tokenizer,
+            expected_tokenizer_sha256=plan.expected_sha,
+            expected_from=plan.expected_from,
+            state=plan.rank_state["data"] if plan.rank_state else None,
+            encode_threads=cfg.encode_threads,
         )
-        if env.rank == 0:
-            for line in mixture.eval_overlap_warnings(cfg.data, cfg.eval_data):
-                print(line, file=sys.stderr, flush=True)
+        self.tokenizer_sha = plan.expected_sha or plan.data_sha
+        if isinstance(self.source, data_mod.ShardSource):
+            self.tokenizer_sha = self.source.manifest.tokenizer_sha256
+        elif isinstance(self.source, mixture.MixtureSource):
+            self.tokenizer_sha = self.source.readers[0].manifest.tokenizer_sha256
+        if cfg.eval_data is not None:
+            self.eval_set = mixture.open_eval(
+                cfg.eval_data, seq_len=cfg.max_length + 1, eval_tokens=cfg.eval_tokens,
+                vocab_size=plan.model_config.vocab_size, expected_tokenizer_sha256=self.tokenizer_sha,
+                expected_from=plan.expected_from or "the training data",
+            )
+            if env.rank == 0:
+                for line in mixture.eval_overlap_warnings(cfg.data, cfg.eval_data):
+                    print(line, file=sys.stderr, flush=True)
 
-    init_state = _init_state(cfg.init_from, mcfg, zero_stage) if cfg.init_from and tag is None else None
+    def _init_distributed(self) -> None:
+        from baichuan.extensions import announce_extension_build, use_environment_extensions_dir
 
-    from baichuan.launch import announce_extension_build, use_environment_extensions_dir
+        use_environment_extensions_dir()
+        import deepspeed
+        import torch
 
-    use_environment_extensions_dir()
-    import deepspeed
+        cuda, env = self.plan.cuda, self.env
+        if cuda:
+            torch.cuda.set_device(env.local_rank)
+        self.device = torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
+        if not cuda and env.rank == 0:
+            announce_extension_build()
+        from datetime import timedelta
 
-    if cuda:
-        torch.cuda.set_device(env.local_rank)
-    device = torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
-    if not cuda and env.rank == 0:
-        announce_extension_build()
-    from datetime import timedelta
+        deepspeed.init_distributed(dist_backend=self.cfg.dist_backend or ("nccl" if cuda else "gloo"),
+                                   timeout=timedelta(seconds=self.cfg.collective_timeout))  # --collective-timeout
+        import torch.distributed as dist
 
-    deepspeed.init_distributed(dist_backend=cfg.dist_backend or ("nccl" if cuda else "gloo"),
-                               timeout=timedelta(seconds=cfg.collective_timeout))  # --collective-timeout
-    import torch.distributed as dist
+        dist.barrier()  # every rank has checked the run directory (plan_run)
+        self.ckpt.barrier = dist.barrier
 
-    is_main = env.rank == 0
-    dist.barrier()  # every rank has checked the run directory above
-    if is_main:
-        _apply_run_plan(run_plan)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if record is None:
-            record = {
-                "train_config": cfg.to_dict(),
-                "model_config": mcfg.to_dict(),
-                "tokenizer_sha256": tokenizer_sha,
-                "deepspeed_config": ds_config,
-                "world_size": env.world_size,
+    def _write_run_record(self) -> None:
+        plan = self.plan
+        if not self.is_main:
+            return
+        _apply_run_plan(plan.run_dir_plan)
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        if plan.record is None:
+            plan.record = {
+                "train_config": self.cfg.to_dict(),
+                "model_config": plan.model_config.to_dict(),
+                "tokenizer_sha256": self.tokenizer_sha,
+                "deepspeed_config": plan.ds_config,
+                "world_size": self.env.world_size,
             }
-            _write_atomic(run_json, json.dumps(record, indent=2, sort_keys=True) + "\n")
+            write_atomic(plan.run_json, json.dumps(plan.record, indent=2, sort_keys=True) + "\n")
 
-    from baichuan.model import BaichuanForCausalLM, flops_per_token
+    def _build_engine(self, init_state: dict[str, Any] | None) -> None:
+        import deepspeed
+        import torch
 
-    torch.manual_seed(cfg.seed)
-    if zero_stage == 3:
-        model = _build_zero3_model(mcfg, ds_config, is_main)
-    else:
-        model = BaichuanForCausalLM(mcfg)
-    if init_state is not None:
-        from baichuan.checkpoint import check_state_dict
+        from baichuan.model import BaichuanForCausalLM
 
-        model.load_state_dict(check_state_dict(model, init_state, str(cfg.init_from)), strict=True)
-        del init_state
+        plan = self.plan
+        torch.manual_seed(self.cfg.seed)
+        if plan.zero_stage == 3:
+            model = _build_zero3_model(plan.model_config, plan.ds_config, self.is_main)
+        else:
+            model = BaichuanForCausalLM(plan.model_config)
+        if init_state is not None:
+            from baichuan.checkpoint import check_state_dict
 
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
-    )
+            model.load_state_dict(check_state_dict(model, init_state, str(self.cfg.init_from)), strict=True)
+            del init_state
+        self.model = model
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=plan.ds_config
+        )
+        if self.cfg.compile:
+            self.engine.compile()
 
-    if cfg.compile:
-        engine.compile()
-    start_step = 0
-    nonfinite_total = 0
-    tokens_seen = 0
-    if tag is not None:
-        load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-        if load_path is None:
-            raise TrainingError(f"DeepSpeed could not load the checkpoint {ckpt_dir / tag}")
-        assert rank_state is not None
-        start_step = int(rank_state["step"])
-        nonfinite_total = int(rank_state.get("nonfinite_total", 0))
-        tokens_seen = int(rank_state.get("tokens_seen", 0))
-        _load_rng(ckpt_dir / tag / f"rng_state_rank{env.rank:05d}.safetensors")
-        if engine.global_steps != start_step:
-            raise TrainingError(f"{ckpt_dir / tag}: DeepSpeed is at step {engine.global_steps}, trainer state at {start_step}")
+    def _resume(self) -> None:
+        plan = self.plan
+        if plan.tag is not None:
+            assert plan.rank_state is not None
+            self.step = int(plan.rank_state["step"])
+            self.nonfinite_total = int(plan.rank_state.get("nonfinite_total", 0))
+            self.tokens_seen = int(plan.rank_state.get("tokens_seen", 0))
+            self.ckpt.load(self.engine, plan.tag, self.step)
+        self.start_step = self.step
+        self.last_saved = self.step if plan.tag is not None else -1
+        self.result = TrainResult(steps=self.step, nonfinite_skipped=self.nonfinite_total)
 
-    log = _Logger(cfg, run_dir, is_main, start_step)
-    flops_tok = flops_per_token(mcfg, cfg.max_length)
-    tokens_per_step = env.world_size * micro_batch * grad_accum * cfg.max_length
-    if is_main:
+    def _announce(self) -> None:
+        from baichuan.model import flops_per_token
+
+        cfg, plan, env = self.cfg, self.plan, self.env
+        mcfg = plan.model_config
+        self.log = log = Logger(cfg, plan.run_dir, self.is_main, self.start_step)
+        self.flops_tok = flops_per_token(mcfg, cfg.max_length)
+        self.tokens_per_step = env.world_size * plan.micro_batch * plan.grad_accum * cfg.max_length
+        if not self.is_main:
+            return
+        params = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
         log.info(
-            f"model {cfg.model} {sum(getattr(p, 'ds_numel', p.numel()) for p in model.parameters()) / 1e6:.1f}M params "
+            f"model {cfg.model} {params / 1e6:.1f}M params "
             f"(layers={mcfg.num_hidden_layers} hidden={mcfg.hidden_size} vocab={mcfg.vocab_size}); "
-            f"{env.world_size} rank(s) on {device.type}, ZeRO-{zero_stage}, {precision_of(ds_config)}, "
-            f"micro-batch {micro_batch} x accumulation {grad_accum} x seq {cfg.max_length}; data: {source.describe()}"
-            + (f"; resumed from {ckpt_dir / tag} at step {start_step}" if tag else "")
+            f"{env.world_size} rank(s) on {self.device.type}, ZeRO-{plan.zero_stage}, {precision_of(plan.ds_config)}, "
+            f"micro-batch {plan.micro_batch} x accumulation {plan.grad_accum} x seq {cfg.max_length}; "
+            f"data: {self.source.describe()}"
+            + (f"; resumed from {plan.ckpt_dir / plan.tag} at step {self.start_step}" if plan.tag else "")
         )
         if not cfg.save_every:
             log.info("save_every is 0: no checkpoint will be written")
-        if eval_set is not None:
-            log.info(f"validation every {cfg.eval_every} steps: {eval_set.describe()}")
-            for name, wanted, have in eval_set.short:
+        if self.eval_set is not None:
+            log.info(f"validation every {cfg.eval_every} steps: {self.eval_set.describe()}")
+            for name, wanted, have in self.eval_set.short:
                 log.info(f"--eval-data {name}: only {have} sequences (of {wanted} wanted); all of them are evaluated")
 
-    result = TrainResult(steps=start_step, nonfinite_skipped=nonfinite_total)
-    last_saved = start_step if tag is not None else -1
+    # ------------------------------------------------------------------------------- steps
+    def next_batch(self) -> Any:
+        """The next micro-batch of this rank, checked against the vocabulary, on the device."""
+        import torch
 
-    from baichuan import faults
-    from baichuan.checkpoint import write_manifest
+        from baichuan import data as data_mod
+        from baichuan import mixture
 
-    fault = faults.DebugFault(cfg.debug_fault, env.rank, cfg.attempt)
-    watchdog = faults.Watchdog(run_dir, env.rank, cfg.attempt, cfg.hang_timeout).start()
+        batch = self.source.next_batch()
+        top = int(batch.max())
+        vocab = self.plan.model_config.vocab_size
+        if top >= vocab:
+            where = self.cfg.data
+            if isinstance(self.source, mixture.MixtureSource):  # name the source of the offending row
+                where = self.source.names[self.source.last_sources[int(batch.max(axis=1).argmax())]]
+            raise data_mod.DataError(f"{where}: token id {top} is outside the model's vocabulary ({vocab})")
+        self.fingerprint = zlib.crc32(batch.tobytes(), self.fingerprint)
+        x = torch.from_numpy(batch)
+        return x.pin_memory().to(self.device, non_blocking=True) if self.plan.cuda else x
 
-    def save(step: int) -> None:
-        with watchdog.paused():  # a save may take minutes; the collective timeout still applies
-            try:
-                _save(step)
-            except OSError as e:  # disk full, I/O error: `latest` still names the previous checkpoint
-                prev = latest_tag(ckpt_dir) if (ckpt_dir / "latest").is_file() else None
+    def train_step(self, x: Any) -> float | None:
+        """One micro-batch ``x`` (token ids on the device, ``(micro_batch, max_length + 1)``): the loss
+        inside the model, a non-finite loss skipped on all ranks together, backward and DeepSpeed's
+        step (an optimizer step at the accumulation boundary). Returns the loss (None: skipped)."""
+        import torch
+        import torch.distributed as dist
+
+        self.micro += 1
+        loss = self.engine(x[:, :-1], labels=x, ce_chunk=self.ce_chunk).loss  # model.py docstring, Labels
+        if self.micro in self.inject_nonfinite:
+            loss = loss * float("nan")
+        ok = torch.isfinite(loss.detach()).to(torch.float32)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if ok.item() < 1.0:
+            self.in_row += 1
+            self.nonfinite_total += 1
+            self._info(f"step {self.step + 1}: non-finite loss, micro-batch skipped ({self.in_row} in a row, "
+                       f"{self.nonfinite_total} in all)")
+            if self.in_row >= self.max_nonfinite_in_row:
                 raise TrainingError(
-                    f"checkpoint {ckpt_dir / step_tag(step)} could not be written on rank {env.rank} "
+                    f"loss was NaN/inf for {self.in_row} micro-batches in a row (limit max_nonfinite_in_row="
+                    f"{self.max_nonfinite_in_row}); stopping. Lower the learning rate or check the data, then "
+                    "resume from the last checkpoint"
+                )
+            return None
+        self.in_row = 0
+        self.engine.backward(loss)
+        self.lr = float(self.engine.get_lr()[0])
+        self.engine.step()
+        value = float(loss.detach().float().item())
+        self.acc_loss += value
+        self.acc_n += 1
+        return value
+
+    def train(self) -> TrainResult:
+        """Run to ``cfg.steps``; a checkpoint every ``save_every`` steps and at the end."""
+        from baichuan import mixture
+
+        cfg = self.cfg
+        self.t_last = time.perf_counter()
+        self.restart_pending = cfg.restart if self.is_main else None
+        self.last_epochs: dict[str, int] = (
+            self.source.epochs_by_source() if isinstance(self.source, mixture.MixtureSource) else {})
+        self.engine.train()
+        try:
+            while self.step < cfg.steps:
+                self.fault.at_step_start(self.step + 1)
+                if self.train_step(self.next_batch()) is None:
+                    continue
+                if self.engine.global_steps == self.step:
+                    continue  # inside gradient accumulation
+                self._finish_step()
+            if cfg.save_every and self.last_saved != self.step:
+                self.save(self.step)
+        finally:
+            self.watchdog.stop()
+            self.source.close()
+            if self.eval_set is not None:
+                self.eval_set.close()
+            assert self.log is not None
+            self.log.close()
+        if self.is_main and cfg.plot:
+            png = plot_loss_curve(self.plan.run_dir / "metrics.jsonl", self.plan.run_dir / "loss.png")
+            if png:
+                self._info(f"loss curve: {png}")
+        return self.result
+
+    def _finish_step(self) -> None:
+        """After an optimizer step: metrics of all ranks, validation, log, restart record, checkpoint."""
+        cfg, env = self.cfg, self.env
+        assert self.log is not None
+        step = self.step = self.engine.global_steps
+        self.tokens_seen += self.tokens_per_step
+        dt = time.perf_counter() - self.t_last
+        rank_losses, rank_crcs = gather_step_stats(self.acc_loss / max(self.acc_n, 1), self.fingerprint, self.device,
+                                                   env.world_size)
+        gn = self.engine.get_global_grad_norm()
+        record_line = step_record(
+            step=step, rank_losses=rank_losses, rank_crcs=rank_crcs, lr=self.lr,
+            grad_norm=float(gn) if gn is not None else float("nan"), tokens_per_step=self.tokens_per_step, dt=dt,
+            flops_per_token=self.flops_tok, world_size=env.world_size, peak_tflops=cfg.peak_tflops,
+            tokens_seen=self.tokens_seen, nonfinite_skipped=self.nonfinite_total,
+        )
+        self._data_metrics(record_line)
+        if self.eval_set is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            from baichuan.validation import evaluate
+
+            record_line.update(evaluate(self.engine, self.eval_set, rank=env.rank, world_size=env.world_size,
+                                        micro_batch=self.plan.micro_batch, device=self.device, ce_chunk=cfg.chunked_ce))
+        self.result.losses[step] = record_line["loss"]
+        self.result.steps = step
+        self.result.nonfinite_skipped = self.nonfinite_total
+        self.log.step(record_line)
+        self.acc_loss, self.acc_n, self.fingerprint = 0.0, 0, 0
+        if self.restart_pending:
+            from baichuan import faults
+
+            rec = faults.log_recovered(self.plan.run_dir, self.restart_pending, step)
+            self.log.info(f"restart {rec['restart']}: first new step {step}, {rec['seconds_to_first_step']:.1f} s "
+                          "after the failure was detected")
+            self.restart_pending = None
+        if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
+            self.save(step)
+        self.watchdog.step_done(step, dt)
+        self.t_last = time.perf_counter()
+
+    def _data_metrics(self, record_line: dict[str, Any]) -> None:
+        """Tokens (and epochs) by data source; a line when a mixture's source starts a new epoch."""
+        from baichuan import mixture
+
+        if not isinstance(self.source, mixture.MixtureSource):
+            record_line["tokens_by_source"] = {mixture.first_path(self.cfg.data): self.tokens_seen}
+            return
+        record_line["tokens_by_source"] = self.source.tokens_by_source()
+        epochs = self.source.epochs_by_source()
+        record_line["epochs_by_source"] = epochs
+        for name, e in epochs.items():
+            if e > self.last_epochs.get(name, e):
+                self._info(f"data: {name} exhausted; starting its epoch {e + 1} in a new order (epoch {e} done)")
+        self.last_epochs = epochs
+
+    def save(self, step: int) -> None:
+        """Checkpoint ``step-<step>`` (``baichuan.checkpoint.Checkpointer``); a write failure is one
+        error naming the checkpoint ``latest`` still names."""
+        import torch.distributed as dist
+
+        ckpt = self.ckpt
+        state = {
+            "step": step,
+            "data": self.source.state_dict(),
+            "nonfinite_total": self.nonfinite_total,
+            "tokens_seen": self.tokens_seen,
+            "rank": self.env.rank,
+            "world_size": self.env.world_size,
+        }
+        with self.watchdog.paused():  # a save may take minutes; the collective timeout still applies
+            try:
+                tag_dir, removed = ckpt.save(
+                    step, self.engine, state, config=self.plan.model_config, zero_stage=self.plan.zero_stage,
+                    tokenizer=self.cfg.tokenizer, client_state={"train_config": self.cfg.to_dict()},
+                    keep_last=self.cfg.keep_last, before_write=lambda d: self.fault.at_save(step, d),
+                )
+                if self.is_main:
+                    self._info(f"checkpoint saved: {tag_dir}" + (f" (removed {', '.join(removed)})" if removed else ""))
+                self.result.last_checkpoint = str(tag_dir)
+                self.last_saved = step
+            except OSError as e:  # disk full, I/O error: `latest` still names the previous checkpoint
+                d = ckpt.directory
+                prev = ckpt.latest_if_any()
+                raise TrainingError(
+                    f"checkpoint {d / step_tag(step)} could not be written on rank {self.env.rank} "
                     f"({e.strerror or e}{': ' + str(e.filename) if e.filename else ''}); "
-                    + (f"{ckpt_dir / 'latest'} still names the previous complete checkpoint {ckpt_dir / prev}"
+                    + (f"{d / 'latest'} still names the previous complete checkpoint {d / prev}"
                        if prev else "no complete checkpoint was written before")
                 ) from None
             dist.barrier()  # every rank waits for rank 0's manifest and `latest`
 
-    def _save(step: int) -> None:
-        nonlocal last_saved
-        t = step_tag(step)
-        tag_dir = ckpt_dir / t
-        if is_main and tag_dir.is_dir() and (not (ckpt_dir / "latest").is_file() or latest_tag(ckpt_dir) != t):
-            shutil.rmtree(tag_dir)  # left by a save that did not complete (a failure, then a restart)
-        dist.barrier()
-        tag_dir.mkdir(parents=True, exist_ok=True)
-        fault.at_save(step, tag_dir)
-        state = {
-            "step": step,
-            "data": source.state_dict(),
-            "nonfinite_total": nonfinite_total,
-            "tokens_seen": tokens_seen,
-            "rank": env.rank,
-            "world_size": env.world_size,
-        }
-        _write_atomic(tag_dir / f"trainer_state_rank{env.rank:05d}.json", json.dumps(state) + "\n")
-        _save_rng(tag_dir / f"rng_state_rank{env.rank:05d}.safetensors")
-        engine.save_checkpoint(
-            str(ckpt_dir), tag=t, client_state={"train_config": cfg.to_dict()}, save_latest=False
-        )
-        _save_native(engine, zero_stage, tag_dir / "model", is_main, cfg.tokenizer)
-        if is_main:  # beside the DeepSpeed files too, where `baichuan export-hf CHECKPOINTS_DIR` looks
-            mcfg.to_json_file(tag_dir / "config.json")
-        dist.barrier()
-        if is_main:
-            write_manifest(tag_dir)  # verified before --resume lets DeepSpeed unpickle these files
-            _write_atomic(ckpt_dir / "latest", t + "\n")
-            removed = prune_checkpoints(ckpt_dir, cfg.keep_last, protect=t)
-            log.info(f"checkpoint saved: {tag_dir}" + (f" (removed {', '.join(removed)})" if removed else ""))
-        result.last_checkpoint = str(tag_dir)
-        last_saved = step
-
-    step = start_step
-    in_row = 0
-    micro = 0
-    acc_loss = 0.0
-    acc_n = 0
-    fingerprint = 0
-    t_last = time.perf_counter()
-    vocab = mcfg.vocab_size
-    restart_pending = cfg.restart if is_main else None
-    data_name = mixture.first_path(cfg.data)
-    last_epochs: dict[str, int] = source.epochs_by_source() if isinstance(source, mixture.MixtureSource) else {}
-    engine.train()
-    try:
-        while step < cfg.steps:
-            fault.at_step_start(step + 1)
-            batch = source.next_batch()
-            top = int(batch.max())
-            if top >= vocab:
-                where = cfg.data
-                if isinstance(source, mixture.MixtureSource):  # name the source of the offending row
-                    where = source.names[source.last_sources[int(batch.max(axis=1).argmax())]]
-                raise data_mod.DataError(f"{where}: token id {top} is outside the model's vocabulary ({vocab})")
-            fingerprint = zlib.crc32(batch.tobytes(), fingerprint)
-            x = torch.from_numpy(batch)
-            x = x.pin_memory().to(device, non_blocking=True) if cuda else x
-            micro += 1
-            loss = engine(x[:, :-1], labels=x, ce_chunk=cfg.chunked_ce).loss  # model.py docstring, Labels
-            if micro in cfg.inject_nonfinite:
-                loss = loss * float("nan")
-            ok = torch.isfinite(loss.detach()).to(torch.float32)
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-            if ok.item() < 1.0:
-                in_row += 1
-                nonfinite_total += 1
-                log.info(f"step {step + 1}: non-finite loss, micro-batch skipped ({in_row} in a row, {nonfinite_total} in all)")
-                if in_row >= cfg.max_nonfinite_in_row:
-                    raise TrainingError(
-                        f"loss was NaN/inf for {in_row} micro-batches in a row (limit max_nonfinite_in_row="
-                        f"{cfg.max_nonfinite_in_row}); stopping. Lower the learning rate or check the data, then "
-                        "resume from the last checkpoint"
-                    )
-                del loss
-                continue
-            in_row = 0
-            engine.backward(loss)
-            lr = float(engine.get_lr()[0])
-            engine.step()
-            acc_loss += float(loss.detach().float().item())
-            acc_n += 1
-            if engine.global_steps == step:
-                continue  # inside gradient accumulation
-            step = engine.global_steps
-            tokens_seen += tokens_per_step
-            now = time.perf_counter()
-            dt = now - t_last
-            # On the rank's device: NCCL has no CPU tensors (gloo takes either).
-            stats = torch.tensor([acc_loss / max(acc_n, 1), float(fingerprint)], dtype=torch.float64, device=device)
-            gathered = [torch.zeros_like(stats) for _ in range(env.world_size)]
-            dist.all_gather(gathered, stats)
-            gathered = [g.cpu() for g in gathered]
-            rank_losses = [float(g[0]) for g in gathered]
-            mean_loss = sum(rank_losses) / len(rank_losses)
-            gn = engine.get_global_grad_norm()
-            grad_norm = float(gn) if gn is not None else float("nan")
-            tps = tokens_per_step / dt if dt > 0 else 0.0
-            tflops = flops_tok * tps / env.world_size / 1e12
-            record_line = {
-                "step": step,
-                "loss": mean_loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens_per_s": tps,
-                "tflops_per_device": tflops,
-                "mfu": tflops / cfg.peak_tflops,
-                "step_time_s": dt,
-                "tokens_seen": tokens_seen,
-                "nonfinite_skipped": nonfinite_total,
-                "rank_losses": rank_losses,
-                "rank_data_crc32": [int(g[1]) for g in gathered],
-            }
-            if isinstance(source, mixture.MixtureSource):
-                record_line["tokens_by_source"] = source.tokens_by_source()
-                epochs = source.epochs_by_source()
-                record_line["epochs_by_source"] = epochs
-                for name, e in epochs.items():
-                    if e > last_epochs.get(name, e):
-                        log.info(f"data: {name} exhausted; starting its epoch {e + 1} in a new order (epoch {e} done)")
-                last_epochs = epochs
-            else:
-                record_line["tokens_by_source"] = {data_name: tokens_seen}
-            if eval_set is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-                from baichuan.validation import evaluate
-
-                record_line.update(evaluate(engine, eval_set, rank=env.rank, world_size=env.world_size,
-                                            micro_batch=micro_batch, device=device, ce_chunk=cfg.chunked_ce))
-            result.losses[step] = mean_loss
-            result.steps = step
-            result.nonfinite_skipped = nonfinite_total
-            log.step(record_line)
-            acc_loss, acc_n, fingerprint = 0.0, 0, 0
-            if restart_pending:
-                rec = faults.log_recovered(run_dir, restart_pending, step)
-                log.info(f"restart {rec['restart']}: first new step {step}, {rec['seconds_to_first_step']:.1f} s "
-                         "after the failure was detected")
-                restart_pending = None
-            if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
-                save(step)
-            watchdog.step_done(step, dt)
-            t_last = time.perf_counter()
-        if cfg.save_every and last_saved != step:
-            save(step)
-    finally:
-        watchdog.stop()
-        source.close()
-        if eval_set is not None:
-            eval_set.close()
-        log.close()
-    if is_main and cfg.plot:
-        png = plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
-        if png:
-            log.info(f"loss curve: {png}")
-    return result
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -687,205 +779,9 @@ def _init_state(init_from: str, mcfg: Any, zero_stage: int) -> dict[str, Any]:
     """--init-from weights from any checkpoint ``baichuan.hf.load_checkpoint`` reads (never unpickled)."""
     if zero_stage == 3:
         raise TrainingError("--init-from with ZeRO-3 is not supported; start from a ZeRO-2 run or resume")
-    from baichuan.hf import load_checkpoint
+    from baichuan.checkpoint import load_checkpoint
 
     return load_checkpoint(init_from, config=mcfg)[1]
-
-
-def _resume_tag(cfg: TrainConfig, ckpt_dir: Path, env: DistEnv) -> str | None:
-    """The checkpoint --resume loads. Our launcher verified it already (``cfg.resume_tag``); a
-    one-process run verifies here, falling back to the previous complete checkpoint with a warning
-    (``baichuan.faults.choose_checkpoint``); ranks of another launcher check ``latest`` on local
-    rank 0 (before DeepSpeed's start-up collectives, which the others wait in) and refuse a damaged one."""
-    if cfg.resume_tag:
-        if not (ckpt_dir / cfg.resume_tag).is_dir():
-            raise TrainingError(f"cannot resume: {ckpt_dir / cfg.resume_tag} is missing")
-        return cfg.resume_tag
-    if env.world_size == 1:
-        from baichuan.faults import choose_checkpoint
-
-        return choose_checkpoint(ckpt_dir, lambda line: print(line, file=sys.stderr, flush=True))
-    tag = latest_tag(ckpt_dir)
-    if tag is not None and env.local_rank == 0:
-        from baichuan.checkpoint import verify_manifest
-
-        verify_manifest(ckpt_dir / tag)
-    return tag
-
-
-def _save_rng(path: Path) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors["torch_cuda"] = torch.cuda.get_rng_state()
-    save_file(tensors, str(path))
-
-
-def _load_rng(path: Path) -> None:
-    import torch
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise TrainingError(f"cannot resume: {path} is missing")
-    t = load_file(str(path))
-    torch.set_rng_state(t["torch_cpu"])
-    if "torch_cuda" in t and torch.cuda.is_available():
-        torch.cuda.set_rng_state(t["torch_cuda"])
-
-
-def _save_native(engine: Any, zero_stage: int, out: Path, is_main: bool, tokenizer: str | None) -> None:
-    """The native model folder (rank 0), gathering ZeRO-3 partitions first."""
-    from baichuan.checkpoint import save_model
-
-    module = engine.module
-    if zero_stage == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            if is_main:
-                save_model(module, out)
-    elif is_main:
-        save_model(module, out)
-    if is_main and tokenizer:
-        shutil.copyfile(tokenizer, out / "tokenizer.model")
-
-
-class _Logger:
-    """Rank-0 output: a tqdm progress bar, log lines, metrics.jsonl and TensorBoard."""
-
-    def __init__(self, cfg: TrainConfig, run_dir: Path, is_main: bool, start_step: int) -> None:
-        self.cfg, self.is_main = cfg, is_main
-        self.bar = None
-        self.writer = None
-        self.metrics = None
-        if not is_main:
-            return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / "metrics.jsonl"
-        kept = []
-        if path.is_file():  # drop lines beyond the resumed step (written after the checkpoint)
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line)["step"] <= start_step:
-                        kept.append(line)
-                except (ValueError, KeyError):
-                    continue
-        _write_atomic(path, "".join(x + "\n" for x in kept))
-        self.metrics = open(path, "a", encoding="utf-8")
-        if cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard" / "train"), purge_step=start_step + 1)
-            except ImportError:
-                self.info("tensorboard is not installed; TensorBoard logging is off")
-        if cfg.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
-
-    def info(self, msg: str) -> None:
-        if not self.is_main:
-            return
-        if self.bar is not None:
-            self.bar.write(msg, file=sys.stderr)
-        else:
-            print(msg, file=sys.stderr, flush=True)
-
-    def step(self, r: dict[str, Any]) -> None:
-        if not self.is_main:
-            return
-        assert self.metrics is not None
-        self.metrics.write(json.dumps(r) + "\n")
-        self.metrics.flush()
-        s = r["step"]
-        if self.writer is not None:
-            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device", "mfu"):
-                v = r[key]
-                if isinstance(v, float) and math.isfinite(v):
-                    self.writer.add_scalar(f"train/{key}", v, s)
-            for name, n in r.get("tokens_by_source", {}).items():
-                self.writer.add_scalar(f"data/tokens/{name}", n, s)
-            for key, v in r.items():  # val_loss, val_loss/<source>
-                if key.startswith("val_loss") and math.isfinite(v):
-                    self.writer.add_scalar(key.replace("val_loss", "val/loss", 1), v, s)
-                    self.writer.add_scalar(key.replace("val_loss", "val/ppl", 1), _ppl(v), s)
-        if self.bar is not None:
-            self.bar.update(s - self.bar.n)
-            self.bar.set_postfix(
-                loss=f"{r['loss']:.4f}", lr=f"{r['lr']:.2e}", tok_s=f"{r['tokens_per_s']:.0f}", mfu=f"{r['mfu']:.1%}",
-                refresh=False,
-            )
-        if s % self.cfg.log_every == 0 or s == self.cfg.steps:
-            self.info(
-                f"step {s}/{self.cfg.steps} loss {r['loss']:.4f} lr {r['lr']:.3e} grad_norm {r['grad_norm']:.3f} "
-                f"tokens/s {r['tokens_per_s']:.0f} TFLOPS {r['tflops_per_device']:.2f} MFU {r['mfu']:.2%}"
-            )
-        if "val_loss" in r:
-            per_source = [(k.split("/", 1)[1], v) for k, v in r.items() if k.startswith("val_loss/")]
-            self.info(
-                f"step {s}/{self.cfg.steps} validation loss {r['val_loss']:.4f} ppl {_ppl(r['val_loss']):.2f}"
-                + ("".join(f"; {name}: loss {v:.4f} ppl {_ppl(v):.2f}" for name, v in per_source))
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-        if self.metrics is not None:
-            self.metrics.close()
-
-
-def _ppl(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else float("inf")
-
-
-def plot_loss_curve(metrics: Path, out: Path) -> Path | None:
-    """Training loss against step from ``metrics.jsonl``, with the validation curves (``val_loss``,
-    ``val_loss/<source>``) in the same PNG (None when there is nothing to plot)."""
-    steps, losses = [], []
-    val: dict[str, tuple[list[int], list[float]]] = {}
-    if not metrics.is_file():
-        return None
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"]):
-            steps.append(r["step"])
-            losses.append(r["loss"])
-        for key, v in r.items():
-            if key.startswith("val_loss") and isinstance(v, (int, float)) and math.isfinite(v):
-                xs, ys = val.setdefault(key, ([], []))
-                xs.append(r["step"])
-                ys.append(v)
-    if not steps:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(steps, losses, lw=1.2, label="train")
-    for key, (xs, ys) in sorted(val.items()):
-        label = "validation" if key == "val_loss" else f"validation {key.split('/', 1)[1]}"
-        ax.plot(xs, ys, marker="o", ms=3, lw=1.6 if key == "val_loss" else 0.9,
-                ls="-" if key == "val_loss" else "--", label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"{metrics.parent.name}: training" + (" and validation" if val else "") + " loss")
-    if val:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

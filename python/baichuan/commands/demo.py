@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, out: Path, tokenizer: Path, num_procs: int) -> Path:
+    from baichuan.checkpoint import Checkpointer
     from baichuan.launch import launch
-    from baichuan.train import checkpoint_dir, latest_tag
+    from baichuan.train import checkpoint_dir
     from baichuan.train_config import TrainConfig
 
     cfg = TrainConfig(
@@ -102,20 +103,20 @@ def _train(args: argparse.Namespace, out: Path, tokenizer: Path, num_procs: int)
         raise SystemExit(status)
     if status != 0:
         raise SystemExit(f"baichuan demo: training failed (exit status {status}); see the output above")
-    ckpt = checkpoint_dir(cfg)
-    tag = latest_tag(ckpt)
+    ckpt = Checkpointer(checkpoint_dir(cfg))
+    tag = ckpt.latest()
     if tag is None:
-        raise SystemExit(f"baichuan demo: training wrote no checkpoint under {ckpt}")
-    return ckpt / tag / "model"
+        raise SystemExit(f"baichuan demo: training wrote no checkpoint under {ckpt.directory}")
+    return ckpt.model_dir(tag)
 
 
 def _generate(model_dir: Path, prompt: str, max_new_tokens: int) -> None:
     from baichuan import Tokenizer
-    from baichuan.checkpoint import load_model
+    from baichuan.checkpoint import find_tokenizer, load
     from baichuan.generate import GenerationConfig, generate
 
-    model = load_model(model_dir)
-    tokenizer = Tokenizer.from_file(model_dir / "tokenizer.model")
+    model = load(model_dir)
+    tokenizer = Tokenizer.from_file(find_tokenizer(model_dir) or model_dir / "tokenizer.model")
     sys.stdout.write(prompt)
     generate(model, tokenizer, prompt,
              GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.9, repetition_penalty=1.1, seed=0),

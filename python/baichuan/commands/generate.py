@@ -48,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from baichuan import Tokenizer
+    from baichuan.checkpoint import checkpoint_folder, find_tokenizer, load_pretrained
     from baichuan.devices import resolve_device, resolve_dtype
     from baichuan.errors import BaichuanError, as_user_error
     from baichuan.generate import GenerationConfig, check_vocab, generate
-    from baichuan.hf import checkpoint_folder, find_tokenizer, load_pretrained
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     model_dir = checkpoint_folder(args.model)  # a missing folder is named as such (cli prints it)

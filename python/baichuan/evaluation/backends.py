@@ -49,7 +49,7 @@ def load_tokenizer(model_dir: str | os.PathLike[str] | None, tokenizer: str | os
         raise EvalDataError("no tokenizer given")
     if not Path(model_dir).is_dir():
         raise EvalDataError(f"{model_dir}: model directory not found")
-    from baichuan.hf import find_tokenizer
+    from baichuan.checkpoint import find_tokenizer
 
     spm = find_tokenizer(model_dir)  # as `baichuan generate`: also inside a DeepSpeed checkpoint's model/
     if spm is not None:
@@ -105,7 +105,7 @@ def load_model(
     if backend not in BACKENDS:
         raise EvalDataError(f"unknown backend {backend!r} (have {', '.join(BACKENDS)})")
     if backend == "transformers" or (backend == "auto" and _is_hf_folder(path) and not _is_baichuan(path)):
-        from baichuan.hf import is_deepspeed_checkpoint
+        from baichuan.checkpoint import is_deepspeed_checkpoint
 
         if is_deepspeed_checkpoint(path):
             raise EvalDataError(
@@ -113,7 +113,7 @@ def load_model(
             )
         model = _load_transformers(path, dtype, trust_remote_code)
     else:
-        from baichuan.hf import load_pretrained
+        from baichuan.checkpoint import load_pretrained
 
         model = load_pretrained(path, device="cpu", dtype=dtype)
     model = model.to(device)
