@@ -80,11 +80,19 @@ def kill_after_checkpoint(args: list[str], out: Path, step: int, timeout: float 
         log.close()
 
 
+def _ds_shm_files() -> set[str]:
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")} if shm.is_dir() else set()
+
+
 @pytest.fixture(scope="module")
 def shard_run(corpus: dict[str, Path]) -> Path:
     out = corpus["root"] / "run-shards"
+    before = _ds_shm_files()
     r = run(train_args(corpus["shards"], out))
     assert r.returncode == 0
+    # DeepSpeed never unlinks its per-rank /dev/shm all-reduce buffers; the launcher removes its job's
+    assert _ds_shm_files() - before == set()
     return out
 
 

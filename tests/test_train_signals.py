@@ -206,3 +206,25 @@ def test_sigterm_to_a_one_process_run_is_one_line_and_keeps_the_checkpoint(tmp_p
         f"baichuan train: stopped by SIGTERM; the last complete checkpoint is {out / 'checkpoints' / tag}; "
         f"continue with --resume (--output-dir {out})"
     )
+
+
+def test_launcher_removes_only_its_own_jobs_shm_buffers(tmp_path: Path) -> None:
+    """DeepSpeed's CPU all-reduce leaves /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>
+    behind; the launcher removes those of its job's port and nothing else."""
+    from baichuan.extensions import remove_shm_buffers, shm_buffers
+
+    uid = os.getuid()
+    ours = [f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29500_{r}" for r in (0, 1)]
+    others = [
+        f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29501_0",  # another job's port
+        f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_129500_0",  # a port that only ends the same
+        f"deepspeed_allreduce_buffer_{uid + 1}_127.0.0.1_29500_0",  # another user's
+        f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29500_x",  # not a rank
+        "my_notes_29500_0",  # not DeepSpeed's
+    ]
+    for n in ours + others:
+        (tmp_path / n).write_bytes(b"x")
+    assert [p.name for p in shm_buffers(29500, tmp_path)] == ours
+    assert [p.name for p in remove_shm_buffers(29500, tmp_path)] == ours
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others)
+    assert remove_shm_buffers(29500, tmp_path / "absent") == []

@@ -263,6 +263,10 @@ def is_deepspeed_checkpoint(path: str | os.PathLike[str]) -> bool:
 
 
 def is_hf_folder(path: str | os.PathLike[str]) -> bool:
+    """A transformers folder (``export-hf``'s, the official release, or another architecture's):
+    weights under transformers' names; a lone ``model.safetensors`` also needs a transformers
+    ``config.json`` (our native folder has the same weight file name). The one test of this
+    package (``evaluation.backends`` uses it too)."""
     p = Path(path)
     return any(
         (p / n).is_file()
@@ -275,7 +279,10 @@ def _config_is_hf(path: Path) -> bool:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return "architectures" in data or "auto_map" in data
+    if not isinstance(data, dict):
+        return False
+    # our native config.json is the ModelConfig dataclass: model_type and attn_backend, no architectures
+    return "architectures" in data or "auto_map" in data or ("model_type" in data and "attn_backend" not in data)
 
 
 def load_hf_state_dict(folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -465,14 +472,16 @@ def load_checkpoint(
     return cfg, state
 
 
-def load_pretrained(
+def load(
     path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     config: str | os.PathLike[str] | ModelConfig | None = None,
     attn_backend: str | None = None,
 ) -> BaichuanForCausalLM:
-    """A ``BaichuanForCausalLM`` from any checkpoint ``load_checkpoint`` reads."""
+    """A ``BaichuanForCausalLM`` from any checkpoint :func:`load_checkpoint` reads: a native folder,
+    a run's ``checkpoints/`` folder or one of its tags (DeepSpeed), a transformers folder (our
+    export) or the official baichuan-7B folder."""
     import torch
 
     from baichuan.model import BaichuanForCausalLM
@@ -492,17 +501,7 @@ def load_pretrained(
     return model.to(device)
 
 
-def load(
-    path: str | os.PathLike[str],
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    config: str | os.PathLike[str] | ModelConfig | None = None,
-    attn_backend: str | None = None,
-) -> BaichuanForCausalLM:
-    """A ``BaichuanForCausalLM`` from any checkpoint :func:`load_checkpoint` reads: a native folder,
-    a run's ``checkpoints/`` folder or one of its tags (DeepSpeed), a transformers folder (our
-    export) or the official baichuan-7B folder."""
-    return load_pretrained(path, device=device, dtype=dtype, config=config, attn_backend=attn_backend)
+load_pretrained = load  # the name generate, eval and older callers use
 
 
 # ------------------------------------------------------------------- file hashes of a checkpoint

@@ -48,11 +48,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from baichuan.errors import BaichuanError
+from baichuan.tokenize_config import MIN_TEXT_TOKENS
 
 SHARD_FORMAT = "baichuan-shards"
 MANIFEST = "manifest.json"
-# Upstream Baichuan-7B's DataEngine.MIN_TEXT_LEN: documents of fewer tokens (EOS included) are dropped.
-MIN_TEXT_TOKENS = 20
 _DTYPES: dict[str, np.dtype[Any]] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 
 Encoder = Callable[[list[str]], list[list[int]]]

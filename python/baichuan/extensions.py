@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -58,3 +59,39 @@ def announce_extension_build(stream: TextIO | None = None) -> bool:
         file=stream or sys.stderr, flush=True,
     )
     return True
+
+
+# DeepSpeed's CPU all-reduce (deepspeed_shm_comm, used when every rank is on one machine) creates
+# one shared-memory file per rank, /dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>
+# (csrc/cpu/comm/shm.cpp, shm_initialize), and deepspeed 0.19.8 never unlinks it, not even on a
+# normal exit: each 2-rank CPU run left 2 x 66 MiB in /dev/shm until reboot, and a full /dev/shm
+# makes later launches hang at start-up. The launcher removes its own launch's files once all its
+# ranks have ended.
+SHM_DIR = Path("/dev/shm")
+SHM_BUFFER_PREFIX = "deepspeed_allreduce_buffer_"
+
+
+def shm_buffers(port: int, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """This user's DeepSpeed all-reduce buffers of the job whose master port is ``port``. The port
+    identifies the job: no other job on this machine can hold it while the job runs, and the
+    buffers exist only when all ranks run on this one machine, so under one launcher."""
+    pattern = re.compile(rf"{SHM_BUFFER_PREFIX}{os.getuid()}_[^/]+_{port}_\d+")
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:  # no /dev/shm on this system
+        return []
+    return [shm_dir / n for n in sorted(names) if pattern.fullmatch(n)]
+
+
+def remove_shm_buffers(port: int, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """Unlink :func:`shm_buffers` (call only after every rank of that job has ended); returns them.
+    A file that is gone already or that cannot be removed is skipped: this is hygiene, not a step
+    the run depends on."""
+    removed = []
+    for p in shm_buffers(port, shm_dir):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed

@@ -42,6 +42,7 @@ from baichuan.checkpoint import (  # noqa: F401 - the readers of checkpoint.py, 
     torch_load_plain,
 )
 from baichuan.config import ModelConfig
+from baichuan.devices import canonical_dtype
 from baichuan.units import SizeError, parse_size
 
 if TYPE_CHECKING:
@@ -58,8 +59,6 @@ AUTO_MAP = {
 TOKENIZER_AUTO_MAP = {"AutoTokenizer": ["tokenization_baichuan.BaiChuanTokenizer", None]}
 # Runtime options of ModelConfig that are not part of an exported architecture.
 _RUNTIME_KEYS = ("attn_backend", "gradient_checkpointing")
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
 
 
 def llama_rope_parameters(config: ModelConfig) -> dict[str, Any]:
@@ -205,8 +204,7 @@ def export_hf(
             f"tokenizer model not found: {tok_path or ckpt / 'tokenizer.model'} "
             "(pass --tokenizer PATH to the SentencePiece .model)"
         )
-    if dtype != "auto" and dtype not in _DTYPES:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    dtype = canonical_dtype(dtype)  # an unknown name is refused before any work
     shard_bytes = _shard_size(max_shard_size)  # a bad size is refused before any work
     if out.resolve() == ckpt.resolve():
         raise ValueError("the output folder must differ from the checkpoint folder")
@@ -224,7 +222,7 @@ def export_hf(
             f"vocab_size is {cfg.vocab_size}"
         )
     if dtype != "auto":
-        target = getattr(torch, _DTYPES[dtype])
+        target = getattr(torch, dtype)
         state = {k: v.to(target) for k, v in state.items()}
     dtypes = {v.dtype for v in state.values()}
     torch_dtype = str(next(iter(dtypes))).removeprefix("torch.") if len(dtypes) == 1 else "float32"

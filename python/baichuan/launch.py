@@ -35,6 +35,7 @@ from baichuan.extensions import (  # noqa: F401 - their home was here
     announce_extension_build,
     extensions_dir,
     free_port,
+    remove_shm_buffers,
     use_environment_extensions_dir,
 )
 from baichuan.train_config import TrainConfig
@@ -176,7 +177,8 @@ def _launch_loop(
         port = master_port or free_port()  # a fresh port per launch: the old one may linger in TIME_WAIT
         cmd = deepspeed_command(cfg_path.resolve(), num_procs, hostfile, port, launcher_args)
         started = time.time()
-        status = _run_once(cmd, env, grace_s, received)
+        status = _run_once(cmd, env, grace_s, received)  # returns when the launcher's whole group has ended
+        remove_shm_buffers(port)
         if received:
             return _stopped_by_signal(received, cfg)
         if status == 0:

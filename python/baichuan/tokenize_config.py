@@ -13,6 +13,10 @@ from typing import Any
 
 from baichuan.units import size_arg
 
+# Upstream Baichuan-7B's DataEngine.MIN_TEXT_LEN: documents of fewer tokens (EOS included) are
+# dropped. One value for `baichuan tokenize --min-tokens` and `train --data TEXT_DIR` (data.py).
+MIN_TEXT_TOKENS = 20
+
 
 def _arg(default: Any, help: str | None = None, **meta: Any) -> Any:
     """A field with its ``baichuan tokenize`` flag's metadata (baichuan.cli_fields)."""
@@ -36,7 +40,7 @@ class TokenizeConfig:
         "token .bin/.idx files, OUT_DIR) are left out with a warning"})
     output: str = field(metadata={"metavar": "OUT_DIR", "help": "output directory"})
     workers: int = _arg(0, "encoding threads; 0 = one per core", show_default="0, one per core")
-    min_tokens: int = _arg(20, "drop documents shorter than this, counting the EOS when appended (upstream: 20)")
+    min_tokens: int = _arg(MIN_TEXT_TOKENS, "drop documents shorter than this, counting the EOS when appended (upstream: 20)")
     append_eos: bool = _arg(True, "do not append the EOS id to each document", negate="--no-eos")
     doc_per: str = _arg("line", "one document per line (upstream) or per file", choices=["line", "file"])
     input_format: str = _arg("auto", "auto: JSONL for *.jsonl / *.ndjson (before .gz/.zst), plain text otherwise",

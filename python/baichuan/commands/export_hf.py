@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from baichuan.devices import DTYPE_CHOICES
+
 HELP = "Export a checkpoint (native folder, DeepSpeed checkpoint or transformers folder) to a transformers folder."
 
 
@@ -20,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", help="model config.json or preset name, for DeepSpeed checkpoints without one beside them"
     )
     parser.add_argument(
-        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        "--dtype", default="auto", choices=DTYPE_CHOICES,
         help="weight dtype to write (auto keeps the checkpoint's, e.g. its model/ folder's for a DeepSpeed checkpoint)",
     )
     parser.add_argument(

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from baichuan.checkpoint import is_hf_folder
 from baichuan.evaluation.data import EvalDataError
 
 
@@ -54,7 +55,7 @@ def load_tokenizer(model_dir: str | os.PathLike[str] | None, tokenizer: str | os
     spm = find_tokenizer(model_dir)  # as `baichuan generate`: also inside a DeepSpeed checkpoint's model/
     if spm is not None:
         return Tokenizer.from_file(spm)
-    if _is_hf_folder(Path(model_dir)):
+    if is_hf_folder(Path(model_dir)):
         from transformers import AutoTokenizer
 
         return HFTokenizerAdapter(AutoTokenizer.from_pretrained(str(model_dir)))
@@ -67,16 +68,6 @@ def _config(path: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _is_hf_folder(path: Path) -> bool:
-    """A transformers folder (not our native one, whose config is the ModelConfig dataclass)."""
-    data = _config(path)
-    if "model_type" not in data or ("architectures" not in data and "attn_backend" in data):
-        return False
-    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-               "pytorch_model.bin.index.json")
-    return any((path / w).is_file() for w in weights)
 
 
 def _is_baichuan(path: Path) -> bool:
@@ -104,7 +95,7 @@ def load_model(
         raise EvalDataError(f"{path}: model directory not found")
     if backend not in BACKENDS:
         raise EvalDataError(f"unknown backend {backend!r} (have {', '.join(BACKENDS)})")
-    if backend == "transformers" or (backend == "auto" and _is_hf_folder(path) and not _is_baichuan(path)):
+    if backend == "transformers" or (backend == "auto" and is_hf_folder(path) and not _is_baichuan(path)):
         from baichuan.checkpoint import is_deepspeed_checkpoint
 
         if is_deepspeed_checkpoint(path):
