@@ -21,8 +21,8 @@ use super::{
     Progress, TotalCounts, HOLDOUT_DIR, MANIFEST, PROGRESS,
 };
 use crate::error::{Error, Result};
-use crate::input::hex;
-use crate::shards::{self, io_err, write_json_atomic, ShardEntry, ShardWriter};
+use super::input::hex;
+use super::shards::{self, io_err, write_json_atomic, ShardEntry, ShardWriter};
 
 /// Options of a merge (the Python command builds this as JSON).
 #[derive(Debug, Clone, Deserialize)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::input::hex;
+use super::input::hex;
 
 pub const TMP_SUFFIX: &str = ".tmp";
 

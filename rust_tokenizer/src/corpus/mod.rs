@@ -26,12 +26,15 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::input::{self, hex, DocPer, DocSpan, InputFormat, Splitter, Utf8Policy};
-use crate::megatron::{self, MegatronCheckpoint, MegatronEntry, MegatronWriter};
-use crate::shards::{self, io_err, write_json_atomic, DType, ShardEntry, ShardWriter};
 use crate::tokenizer::Tokenizer;
+use input::{hex, DocPer, DocSpan, InputFormat, Splitter, Utf8Policy};
+use megatron::{MegatronCheckpoint, MegatronEntry, MegatronWriter};
+use shards::{io_err, write_json_atomic, DType, ShardEntry, ShardWriter};
 
+pub mod input;
+pub mod megatron;
 pub mod merge;
+pub mod shards;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const PROGRESS: &str = "progress.json";
