@@ -16,9 +16,10 @@ use std::sync::atomic::Ordering;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::resume::{option_flag, short};
 use super::{
-    holdout_files, option_flag, our_files, read_json, remove, short, Counts, Manifest, PartitionInfo,
-    Progress, TotalCounts, HOLDOUT_DIR, MANIFEST, PROGRESS,
+    holdout_files, our_files, read_json, remove, Counts, Manifest, PartitionInfo, Progress, TotalCounts, HOLDOUT_DIR,
+    MANIFEST, PROGRESS,
 };
 use crate::error::{Error, Result};
 use super::input::hex;

@@ -47,6 +47,15 @@ impl DType {
     }
 }
 
+/// The shard format's dtype for a vocabulary.
+pub fn shard_dtype(vocab: usize) -> DType {
+    if vocab <= 65536 {
+        DType::Uint16
+    } else {
+        DType::Uint32
+    }
+}
+
 pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
 }
