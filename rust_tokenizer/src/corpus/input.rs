@@ -483,10 +483,7 @@ impl Splitter {
                         break;
                     }
                     let n = buf.len();
-                    if out.len() - start_len + n > self.max_doc_bytes {
-                        return Err(too_long(start, self.max_doc_bytes));
-                    }
-                    out.extend_from_slice(buf);
+                    self.append(out, start_len, start, buf)?;
                     r.consume(n);
                     self.offset += n as u64;
                 }
@@ -504,10 +501,7 @@ impl Splitter {
                 }
                 match buf.iter().position(|&b| b == b'\n' || b == b'\r') {
                     Some(i) => {
-                        if out.len() - start_len + i > self.max_doc_bytes {
-                            return Err(too_long(start, self.max_doc_bytes));
-                        }
-                        out.extend_from_slice(&buf[..i]);
+                        self.append(out, start_len, start, &buf[..i])?;
                         let cr = buf[i] == b'\r';
                         let crlf_here = cr && i + 1 < buf.len() && buf[i + 1] == b'\n';
                         let cr_at_end = cr && i + 1 == buf.len();
@@ -525,16 +519,23 @@ impl Splitter {
                     }
                     None => {
                         let n = buf.len();
-                        if out.len() - start_len + n > self.max_doc_bytes {
-                            return Err(too_long(start, self.max_doc_bytes));
-                        }
-                        out.extend_from_slice(buf);
+                        self.append(out, start_len, start, buf)?;
                         r.consume(n);
                         self.offset += n as u64;
                     }
                 }
             },
         }
+    }
+
+    /// Appends `piece`, more of the document that starts at decompressed offset `start` and at
+    /// `out[start_len]`; an error when the document would pass `max_doc_bytes`.
+    fn append(&self, out: &mut Vec<u8>, start_len: usize, start: u64, piece: &[u8]) -> io::Result<()> {
+        if out.len() - start_len + piece.len() > self.max_doc_bytes {
+            return Err(too_long(start, self.max_doc_bytes));
+        }
+        out.extend_from_slice(piece);
+        Ok(())
     }
 }
 

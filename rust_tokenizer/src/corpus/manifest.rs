@@ -106,6 +106,31 @@ pub struct Manifest {
     pub holdout: Option<HoldoutInfo>,
 }
 
+impl Manifest {
+    /// The manifest of the held-out directory (`--holdout`) that goes with this one: the same job
+    /// (tokenizer, options, fingerprint, partition) holding the held-out `shards`, counting only the
+    /// held-out documents and tokens, with no input files and no Megatron pair. `format` and
+    /// `dtype` are the held-out shards' (the shard format, also beside Megatron output); `holdout`
+    /// points back at this output.
+    pub(super) fn holdout_of(&self, format: String, dtype: DType, shards: Vec<ShardEntry>, holdout: Option<HoldoutInfo>) -> Manifest {
+        let c = &self.counts.counts;
+        Manifest {
+            format,
+            dtype,
+            shards,
+            megatron: None,
+            counts: TotalCounts {
+                counts: Counts { documents: c.holdout_documents, tokens: c.holdout_tokens, ..Counts::default() },
+                files: 0,
+                bad_files: 0,
+            },
+            inputs: Vec::new(),
+            holdout,
+            ..self.clone()
+        }
+    }
+}
+
 /// A partition's place in the whole job, recorded in its manifest for `merge-shards`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionInfo {

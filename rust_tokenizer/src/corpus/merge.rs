@@ -354,21 +354,8 @@ pub fn merge(cfg: &MergeConfig, progress: &Progress) -> Result<Manifest> {
     if let (Some(hm), Some(h)) = (hm0, &p0.m.holdout) {
         let hdir = out.join(&h.path);
         std::fs::create_dir_all(&hdir).map_err(io_err(&hdir))?;
-        let c = &manifest.counts.counts;
-        let held_manifest = Manifest {
-            format: hm.format.clone(),
-            dtype: hm.dtype,
-            shards: copy_shards(&held, &hdir, hm, limit, progress)?,
-            megatron: None,
-            counts: TotalCounts {
-                counts: Counts { documents: c.holdout_documents, tokens: c.holdout_tokens, ..Counts::default() },
-                files: 0,
-                bad_files: 0,
-            },
-            inputs: Vec::new(),
-            holdout: hm.holdout.clone(),
-            ..manifest.clone()
-        };
+        let shards = copy_shards(&held, &hdir, hm, limit, progress)?;
+        let held_manifest = manifest.holdout_of(hm.format.clone(), hm.dtype, shards, hm.holdout.clone());
         write_json_atomic(&hdir.join(MANIFEST), &held_manifest)?;
     }
     write_json_atomic(&out.join(MANIFEST), &manifest)?;

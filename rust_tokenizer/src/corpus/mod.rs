@@ -200,13 +200,7 @@ pub fn run_with<E: Encode>(cfg: &CorpusConfig, enc: &E, tokenizer_sha256: &str, 
         None
     };
     let dtype = match cfg.format {
-        OutputFormat::Baichuan => {
-            if vocab <= 65536 {
-                DType::Uint16
-            } else {
-                DType::Uint32
-            }
-        }
+        OutputFormat::Baichuan => shard_dtype(vocab),
         OutputFormat::Megatron => megatron::megatron_dtype(vocab),
     };
     let workers = if cfg.workers == 0 {
@@ -490,21 +484,12 @@ fn run_locked<E: Encode>(
     };
     if cfg.holdout_per_million > 0 {
         // The held-out documents: a shard directory of their own, written before the main manifest.
-        let c = &manifest.counts.counts;
-        let held = Manifest {
-            format: "baichuan-shards".into(),
-            dtype: shard_dtype(vocab),
-            shards: holdout_shards.unwrap_or_default(),
-            megatron: None,
-            counts: TotalCounts {
-                counts: Counts { documents: c.holdout_documents, tokens: c.holdout_tokens, ..Counts::default() },
-                files: 0,
-                bad_files: 0,
-            },
-            inputs: Vec::new(),
-            holdout: Some(HoldoutInfo { per_million: cfg.holdout_per_million, path: "..".into() }),
-            ..manifest.clone()
-        };
+        let held = manifest.holdout_of(
+            "baichuan-shards".into(),
+            shard_dtype(vocab),
+            holdout_shards.unwrap_or_default(),
+            Some(HoldoutInfo { per_million: cfg.holdout_per_million, path: "..".into() }),
+        );
         let dir = out.join(HOLDOUT_DIR);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         write_json_atomic(&dir.join(MANIFEST), &held)?;
