@@ -186,7 +186,7 @@ def test_tokenize_flags_reach_the_config() -> None:
 
 
 def test_python_passes_every_corpus_option_to_rust() -> None:
-    """Rust's serde defaults (rust_tokenizer/src/corpus.rs) never apply to a job from Python:
+    """Rust's serde defaults (rust_tokenizer/src/corpus/config.rs) never apply to a job from Python:
     every field goes into the JSON, so the dataclass is the one source of the defaults."""
     from baichuan.corpus import TokenizeConfig
 

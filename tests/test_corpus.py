@@ -1,4 +1,4 @@
-"""`baichuan tokenize` (rust_tokenizer/src/corpus.rs) against upstream's own loop over
+"""`baichuan tokenize` (rust_tokenizer/src/corpus/) against upstream's own loop over
 sentencepiece, on real text from ../shared/eval-data: same ids, EOS and drops; identical bytes
 for 1 and 2 workers and after kill -9 + --resume; Megatron output read by an independent reader
 written from docs/formats.md; bad inputs give the documented counts and errors."""

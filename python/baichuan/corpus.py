@@ -1,4 +1,4 @@
-"""Bulk corpus tokenization: the Python face of ``rust_tokenizer/src/corpus.rs``.
+"""Bulk corpus tokenization: the Python face of ``rust_tokenizer/src/corpus/``.
 
 The work (reading, decompressing, decoding, encoding, writing) runs in Rust threads; this module
 builds the job's options, polls its counters for a progress line, and reads the result. The

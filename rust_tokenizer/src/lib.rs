@@ -7,11 +7,8 @@ pub mod batch;
 pub mod error;
 pub mod tokenizer;
 
-// bulk corpus tokenization (issue 3)
+// bulk corpus tokenization (issue 3): the job, its input reading and its output formats
 pub mod corpus;
-pub mod input;
-pub mod megatron;
-pub mod shards;
 
 mod bpe;
 mod cache;

@@ -175,9 +175,9 @@ impl CorpusJob {
 /// `train-tokenizer` uses it so both commands read the same files.
 #[pyfunction]
 fn discover_inputs(inputs: Vec<String>) -> PyResult<(Vec<String>, Vec<String>)> {
-    let d = crate::input::discover_excluding(&inputs, None).map_err(to_py)?;
+    let d = crate::corpus::input::discover_excluding(&inputs, None).map_err(to_py)?;
     let files = d.files.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-    Ok((files, crate::input::skipped_warnings(&d.skipped)))
+    Ok((files, crate::corpus::input::skipped_warnings(&d.skipped)))
 }
 
 /// Checks a `--partition I/N` spec: `(I, N)`, or CorpusError naming it.
@@ -199,7 +199,7 @@ fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> PyResu
 /// reader opened at it reads that document again. `offset` is where the last document read ends.
 #[pyclass(module = "baichuan._tokenizer")]
 pub struct DocumentReader {
-    inner: Mutex<crate::input::DocReader>,
+    inner: Mutex<crate::corpus::input::DocReader>,
 }
 
 #[pymethods]
@@ -218,7 +218,7 @@ impl DocumentReader {
         strip: bool,
         max_doc_bytes: usize,
     ) -> PyResult<Self> {
-        let opts = crate::input::DocOptions {
+        let opts = crate::corpus::input::DocOptions {
             doc_per: parse_enum("doc_per", doc_per)?,
             input_format: parse_enum("input_format", input_format)?,
             text_field: text_field.to_string(),
@@ -226,7 +226,7 @@ impl DocumentReader {
             strip,
             max_doc_bytes,
         };
-        let r = py.detach(move || crate::input::DocReader::open(&path, start, opts)).map_err(to_py)?;
+        let r = py.detach(move || crate::corpus::input::DocReader::open(&path, start, opts)).map_err(to_py)?;
         Ok(DocumentReader { inner: Mutex::new(r) })
     }
 

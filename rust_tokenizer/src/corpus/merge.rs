@@ -16,13 +16,14 @@ use std::sync::atomic::Ordering;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::resume::{option_flag, short};
 use super::{
-    holdout_files, option_flag, our_files, read_json, remove, short, Counts, Manifest, PartitionInfo,
-    Progress, TotalCounts, HOLDOUT_DIR, MANIFEST, PROGRESS,
+    holdout_files, our_files, read_json, remove, Counts, Manifest, PartitionInfo, Progress, TotalCounts, HOLDOUT_DIR,
+    MANIFEST, PROGRESS,
 };
 use crate::error::{Error, Result};
-use crate::input::hex;
-use crate::shards::{self, io_err, write_json_atomic, ShardEntry, ShardWriter};
+use super::input::hex;
+use super::shards::{self, io_err, write_json_atomic, ShardEntry, ShardWriter};
 
 /// Options of a merge (the Python command builds this as JSON).
 #[derive(Debug, Clone, Deserialize)]
@@ -353,21 +354,8 @@ pub fn merge(cfg: &MergeConfig, progress: &Progress) -> Result<Manifest> {
     if let (Some(hm), Some(h)) = (hm0, &p0.m.holdout) {
         let hdir = out.join(&h.path);
         std::fs::create_dir_all(&hdir).map_err(io_err(&hdir))?;
-        let c = &manifest.counts.counts;
-        let held_manifest = Manifest {
-            format: hm.format.clone(),
-            dtype: hm.dtype,
-            shards: copy_shards(&held, &hdir, hm, limit, progress)?,
-            megatron: None,
-            counts: TotalCounts {
-                counts: Counts { documents: c.holdout_documents, tokens: c.holdout_tokens, ..Counts::default() },
-                files: 0,
-                bad_files: 0,
-            },
-            inputs: Vec::new(),
-            holdout: hm.holdout.clone(),
-            ..manifest.clone()
-        };
+        let shards = copy_shards(&held, &hdir, hm, limit, progress)?;
+        let held_manifest = manifest.holdout_of(hm.format.clone(), hm.dtype, shards, hm.holdout.clone());
         write_json_atomic(&hdir.join(MANIFEST), &held_manifest)?;
     }
     write_json_atomic(&out.join(MANIFEST), &manifest)?;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::shards::{io_err, reopen_truncated, sync_dir, AtomicFile, DType};
+use super::shards::{io_err, reopen_truncated, sync_dir, AtomicFile, DType};
 
 pub const MAGIC: &[u8; 9] = b"MMIDIDX\x00\x00";
 pub const HEADER_LEN: u64 = 34;
@@ -202,7 +202,7 @@ pub fn finish_files(prefix: &Path, dtype: DType, at: MegatronCheckpoint) -> Resu
     if let Some(dir) = prefix.parent() {
         sync_dir(dir)?;
     }
-    let bin_sha256 = crate::corpus::sha256_file(&bin_final)?;
+    let bin_sha256 = super::sha256_file(&bin_final)?;
     let name = |p: &Path| p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(MegatronEntry {
         bin: name(&bin_final),

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::input::hex;
+use super::input::hex;
 
 pub const TMP_SUFFIX: &str = ".tmp";
 
@@ -44,6 +44,15 @@ impl DType {
                 }
             }
         }
+    }
+}
+
+/// The shard format's dtype for a vocabulary.
+pub fn shard_dtype(vocab: usize) -> DType {
+    if vocab <= 65536 {
+        DType::Uint16
+    } else {
+        DType::Uint32
     }
 }
 

@@ -101,7 +101,7 @@ pub fn is_output_dir(dir: &Path) -> bool {
         return true;
     }
     // `OUT/holdout/` (`--holdout`) belongs to the output around it, finished or not.
-    if dir.file_name().is_some_and(|n| n == crate::corpus::HOLDOUT_DIR)
+    if dir.file_name().is_some_and(|n| n == super::HOLDOUT_DIR)
         && dir.parent().is_some_and(|p| !p.as_os_str().is_empty() && is_output_dir(p))
     {
         return true;
@@ -141,8 +141,8 @@ fn is_our_index(path: &Path) -> bool {
     if !name.ends_with(".idx") {
         return false;
     }
-    let Some((head, len)) = read_prefix(path, crate::megatron::MAGIC.len()) else { return false };
-    if head == crate::megatron::MAGIC {
+    let Some((head, len)) = read_prefix(path, super::megatron::MAGIC.len()) else { return false };
+    if head == super::megatron::MAGIC {
         return true;
     }
     let shard_name = name.len() == "shard-00000.idx".len()
@@ -483,10 +483,7 @@ impl Splitter {
                         break;
                     }
                     let n = buf.len();
-                    if out.len() - start_len + n > self.max_doc_bytes {
-                        return Err(too_long(start, self.max_doc_bytes));
-                    }
-                    out.extend_from_slice(buf);
+                    self.append(out, start_len, start, buf)?;
                     r.consume(n);
                     self.offset += n as u64;
                 }
@@ -504,10 +501,7 @@ impl Splitter {
                 }
                 match buf.iter().position(|&b| b == b'\n' || b == b'\r') {
                     Some(i) => {
-                        if out.len() - start_len + i > self.max_doc_bytes {
-                            return Err(too_long(start, self.max_doc_bytes));
-                        }
-                        out.extend_from_slice(&buf[..i]);
+                        self.append(out, start_len, start, &buf[..i])?;
                         let cr = buf[i] == b'\r';
                         let crlf_here = cr && i + 1 < buf.len() && buf[i + 1] == b'\n';
                         let cr_at_end = cr && i + 1 == buf.len();
@@ -525,16 +519,23 @@ impl Splitter {
                     }
                     None => {
                         let n = buf.len();
-                        if out.len() - start_len + n > self.max_doc_bytes {
-                            return Err(too_long(start, self.max_doc_bytes));
-                        }
-                        out.extend_from_slice(buf);
+                        self.append(out, start_len, start, buf)?;
                         r.consume(n);
                         self.offset += n as u64;
                     }
                 }
             },
         }
+    }
+
+    /// Appends `piece`, more of the document that starts at decompressed offset `start` and at
+    /// `out[start_len]`; an error when the document would pass `max_doc_bytes`.
+    fn append(&self, out: &mut Vec<u8>, start_len: usize, start: u64, piece: &[u8]) -> io::Result<()> {
+        if out.len() - start_len + piece.len() > self.max_doc_bytes {
+            return Err(too_long(start, self.max_doc_bytes));
+        }
+        out.extend_from_slice(piece);
+        Ok(())
     }
 }
 
@@ -970,7 +971,7 @@ mod tests {
         w("other/manifest.json", br#"{"format": "something else"}"#);
         w("other/data.bin", b"\x00\x01");
         // loose token files: ours by header; look-alikes without it are read
-        let mut mega = crate::megatron::MAGIC.to_vec();
+        let mut mega = crate::corpus::megatron::MAGIC.to_vec();
         mega.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 8]);
         w("loose/c.idx", &mega);
         w("loose/c.bin", b"\x05\x00");
