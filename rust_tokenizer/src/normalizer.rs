@@ -100,7 +100,29 @@ pub struct CharsMap {
     /// Per byte: an ASCII character other than the space that maps to itself (`BMP_PLAIN`) and
     /// starts no user-defined piece (valid once `ud_marked`); false for bytes >= 0x80.
     ascii_plain: Box<[bool; 256]>,
+    /// Per byte (valid once `ud_marked`): how the ASCII loop of [`Normalizer::normalize`] takes
+    /// it (`A_*`); `A_SLOW` for bytes >= 0x80.
+    ascii_cls: Box<[u8; 256]>,
+    /// Per ASCII byte, for the `A_UD` ones: every user-defined piece starting with it, longest
+    /// first, and what the character is when none matches (`A_PLAIN`, `A_NEXT` or `A_SLOW`).
+    ud_ascii: Vec<(Vec<Box<[u8]>>, u8)>,
 }
+
+/// The ASCII loop's byte classes. Not taken there: the general path decides.
+const A_SLOW: u8 = 0;
+/// Maps to itself whatever follows, starts no user-defined piece.
+const A_PLAIN: u8 = 1;
+/// Maps to itself unless the next byte continues a charsmap key, and no ASCII byte does
+/// (e.g. a letter that composes with a following combining mark): plain before ASCII.
+const A_NEXT: u8 = 2;
+/// The space, written as the whitespace symbol (no charsmap key or user-defined piece starts
+/// with it, no `remove_extra_whitespaces`).
+const A_SPACE: u8 = 3;
+/// Starts a few user-defined pieces (no spaces in them): compared directly
+/// ([`CharsMap::ud_ascii`]).
+const A_UD: u8 = 4;
+/// At most this many user-defined pieces per `A_UD` byte (more: the matcher decides).
+const MAX_UD_ASCII: usize = 4;
 
 const BMP_PLAIN: u32 = 0;
 const BMP_SLOW: u32 = 1;
@@ -175,6 +197,8 @@ impl CharsMap {
             bmp: Vec::new(),
             ud_marked: false,
             ascii_plain: Box::new([false; 256]),
+            ascii_cls: Box::new([A_SLOW; 256]),
+            ud_ascii: Vec::new(),
         };
         cm.bmp = (0..0x10000u32).map(|cp| cm.classify(cp)).collect();
         Ok(cm)
@@ -274,28 +298,73 @@ impl Normalizer {
 
     /// Sends the characters (BMP code points) that start user-defined pieces down the general
     /// path, so that the fast path needs no matcher lookup for the others. `cps` must hold the
-    /// first character of every user-defined piece. Without a charsmap this does nothing.
+    /// first character of every user-defined piece, `words` every user-defined piece. Without a
+    /// charsmap this does nothing.
     ///
     /// `singles` (a subset of `cps`, without the space) are the characters whose only
     /// user-defined piece is the character itself: the matcher would return them unchanged, so
     /// they are marked to be copied as they are.
-    pub fn mark_user_defined_starts(&mut self, cps: &[usize], singles: &[usize]) {
-        if let Some(cm) = &mut self.charsmap {
-            for &cp in cps {
-                if let Some(e) = cm.bmp.get_mut(cp) {
-                    *e = BMP_SLOW;
-                }
-            }
-            for &cp in singles {
-                if let Some(e) = cm.bmp.get_mut(cp) {
-                    *e = BMP_PLAIN;
-                }
-            }
-            cm.ud_marked = true;
-            for b in 0..0x80u8 {
-                cm.ascii_plain[usize::from(b)] = b != b' ' && cm.bmp[usize::from(b)] == BMP_PLAIN;
+    pub fn mark_user_defined_starts(&mut self, cps: &[usize], singles: &[usize], words: &[&[u8]]) {
+        let rew = self.remove_extra_whitespaces;
+        let Some(cm) = &mut self.charsmap else {
+            return;
+        };
+        // What each ASCII character is to the charsmap alone (before the marking below).
+        let mut cls = [A_SLOW; 256];
+        for b in 0..0x80u8 {
+            cls[usize::from(b)] = match cm.bmp[usize::from(b)] {
+                BMP_PLAIN => A_PLAIN,
+                BMP_SLOW => A_SLOW,
+                // Keys continue past it: plain before an ASCII byte if none continues one.
+                node if (0..0x80u8).all(|x| !cm.continues((node - 2) as usize, x)) => A_NEXT,
+                _ => A_SLOW,
+            };
+        }
+        for &cp in cps {
+            if let Some(e) = cm.bmp.get_mut(cp) {
+                *e = BMP_SLOW;
             }
         }
+        for &cp in singles {
+            if let Some(e) = cm.bmp.get_mut(cp) {
+                *e = BMP_PLAIN;
+            }
+        }
+        cm.ud_marked = true;
+        for b in 0..0x80u8 {
+            cm.ascii_plain[usize::from(b)] = b != b' ' && cm.bmp[usize::from(b)] == BMP_PLAIN;
+        }
+        // The ASCII loop: a user-defined piece wins at its first byte (the longest), else the
+        // charsmap decides as for any character.
+        let mut ud_ascii: Vec<(Vec<Box<[u8]>>, u8)> = vec![(Vec::new(), A_SLOW); 0x80];
+        for b in 0..0x80u8 {
+            let i = usize::from(b);
+            let mut starting: Vec<Box<[u8]>> = words
+                .iter()
+                .filter(|w| w.first() == Some(&b))
+                .map(|w| Box::<[u8]>::from(*w))
+                .collect();
+            cm.ascii_cls[i] = if b == b' ' {
+                if !rew && starting.is_empty() && cls[i] == A_PLAIN {
+                    A_SPACE
+                } else {
+                    A_SLOW
+                }
+            } else if starting.is_empty() {
+                cls[i]
+            } else if cm.ascii_plain[i] {
+                // A single: the piece is the character itself.
+                A_PLAIN
+            } else if starting.len() <= MAX_UD_ASCII && starting.iter().all(|w| !w.contains(&b' '))
+            {
+                starting.sort_by_key(|w| std::cmp::Reverse(w.len()));
+                ud_ascii[i] = (starting, cls[i]);
+                A_UD
+            } else {
+                A_SLOW
+            };
+        }
+        cm.ud_ascii = ud_ascii;
     }
 
     /// Fast path: `Some(len)` if the character at the start of `s` normalizes to itself and is
@@ -415,7 +484,41 @@ impl Normalizer {
                 .charsmap
                 .as_ref()
                 .is_none_or(|cm| !cm.root_child[usize::from(b' ')]);
+        let ascii = match &self.charsmap {
+            Some(cm) if cm.ud_marked => Some((&*cm.ascii_cls, &cm.ud_ascii[..])),
+            _ => None,
+        };
         while !input.is_empty() {
+            // ASCII, byte by byte by the class table: plain characters, spaces and the
+            // user-defined pieces that start with few-piece characters (see `A_*`).
+            if let Some((cls, ud_ascii)) = ascii {
+                let mut i = 0;
+                while let Some(&b) = input.get(i) {
+                    let mut c = cls[usize::from(b)];
+                    if c == A_UD {
+                        let (words, alone) = &ud_ascii[usize::from(b)];
+                        if let Some(w) = words.iter().find(|w| input[i..].starts_with(w)) {
+                            out.extend_from_slice(w);
+                            i += w.len();
+                            continue;
+                        }
+                        c = *alone;
+                    }
+                    match c {
+                        A_PLAIN => out.push(b),
+                        A_NEXT if input.get(i + 1).is_none_or(|&x| x < 0x80) => out.push(b),
+                        A_SPACE if escape => out.extend_from_slice(&[0xE2, 0x96, 0x81]),
+                        A_SPACE => out.push(b' '),
+                        _ => break,
+                    }
+                    i += 1;
+                }
+                if i > 0 {
+                    input = &input[i..];
+                    prev_space = false;
+                    continue;
+                }
+            }
             // A run of characters that normalize to themselves is copied in one go.
             let mut run = 0;
             while run < input.len() {

@@ -128,7 +128,11 @@ impl Tokenizer {
         let mut normalizer =
             build_normalizer(&m.normalizer, m.trainer.treat_whitespace_as_suffix, origin)?;
         if let Some(cps) = vocab.user_defined_starts() {
-            normalizer.mark_user_defined_starts(&cps, &vocab.user_defined_singles());
+            normalizer.mark_user_defined_starts(
+                &cps,
+                &vocab.user_defined_singles(),
+                &vocab.user_defined_pieces(),
+            );
         }
         let denormalizer = match &m.denormalizer {
             Some(d) if !d.precompiled_charsmap.is_empty() => {

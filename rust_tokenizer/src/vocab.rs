@@ -475,6 +475,15 @@ impl Vocab {
             .collect()
     }
 
+    /// Every user-defined piece.
+    pub(crate) fn user_defined_pieces(&self) -> Vec<&[u8]> {
+        self.pieces
+            .iter()
+            .filter(|p| p.kind == PieceType::UserDefined)
+            .map(|p| &*p.text)
+            .collect()
+    }
+
     /// The id of a piece string (any type), if loaded.
     #[inline]
     pub(crate) fn lookup(&self, s: &[u8]) -> Option<u32> {
