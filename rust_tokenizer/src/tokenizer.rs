@@ -357,6 +357,35 @@ impl Tokenizer {
             };
         }
         while pos < n {
+            // ASCII after ASCII in a chunk: one table entry and one dense pair-table entry per
+            // character; a user-defined start or a non-ASCII character takes the general code.
+            if prev < 0x80 && pos > start {
+                while let Some(&b) = norm.get(pos) {
+                    if b >= 0x80 {
+                        break;
+                    }
+                    let info = v.chars[usize::from(b)];
+                    if ud.is_some_and(|m| {
+                        info.starts_user_defined() || (!ud_exact && m.may_start(b))
+                    }) {
+                        break;
+                    }
+                    match rule.joins_ascii(prev as u8, b) {
+                        None => {
+                            flush!();
+                            start = pos;
+                        }
+                        Some(both) => two = if prev_at == start { both } else { NONE },
+                    }
+                    prev_at = pos;
+                    prev = u32::from(b);
+                    prev_info = info;
+                    pos += 1;
+                }
+                if pos >= n {
+                    break;
+                }
+            }
             let b = norm[pos];
             // The character, its length and its table entry: ASCII and well-formed 3-byte
             // characters (CJK) decoded inline, the rest through `bmp_index`.

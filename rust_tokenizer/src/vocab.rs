@@ -126,7 +126,13 @@ pub(crate) struct ChunkRule {
     /// Each adjacent pair to the id of the mergeable piece that is exactly the two characters
     /// (`NONE`: no such piece), so a chunk of two characters needs no BPE and no cache.
     adjacent: FxMap<u64, u32>,
+    /// The same for two ASCII characters, dense (`ascii[p << 7 | c]`, `CUT`: no pair): 64 KiB
+    /// instead of a hash probe per pair of letters.
+    ascii: Box<[u32]>,
 }
+
+/// [`ChunkRule::ascii`]: the pair is in no mergeable piece. (Ids are below `u32::MAX / 2`.)
+const CUT: u32 = u32::MAX - 1;
 
 impl ChunkRule {
     /// `None` when no mergeable piece holds the characters `p c` (packed, with their table
@@ -139,6 +145,17 @@ impl ChunkRule {
                 .copied()
         } else {
             None
+        }
+    }
+}
+
+impl ChunkRule {
+    /// [`ChunkRule::joins`] for two ASCII characters `p c` (both below 0x80).
+    #[inline]
+    pub fn joins_ascii(&self, p: u8, c: u8) -> Option<u32> {
+        match self.ascii[(usize::from(p) << 7) | usize::from(c)] {
+            CUT => None,
+            id => Some(id),
         }
     }
 }
@@ -416,7 +433,14 @@ impl Vocab {
                     prev = Some(c);
                 }
             }
-            Some(ChunkRule { adjacent })
+            let mut ascii = vec![CUT; 1 << 14].into_boxed_slice();
+            for (&k, &id) in &adjacent {
+                let (p, c) = ((k >> 32) as u32, k as u32);
+                if (p | c) < 0x80 {
+                    ascii[((p << 7) | c) as usize] = id;
+                }
+            }
+            Some(ChunkRule { adjacent, ascii })
         };
 
         let mut pairs: FxMap<u64, (i32, u32)> = FxMap::default();
