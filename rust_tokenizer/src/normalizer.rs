@@ -537,15 +537,16 @@ impl Normalizer {
                         // A CJK run: the following well-formed 3-byte characters that map to
                         // themselves (the cases where `fast_char` returns `Some(3)` for a
                         // `BMP_PLAIN` entry), without the general checks.
+                        // Four bytes read at once (the last character of the input goes
+                        // through `fast_char`).
                         let bmp = bmp.unwrap_or_default();
-                        while let [b, b1, b2, ..] = input[run..] {
-                            if b & 0xF0 != 0xE0 || b1 & 0xC0 != 0x80 || b2 & 0xC0 != 0x80 {
+                        while let Some(&[b, b1, b2, b3]) = input.get(run..run + 4) {
+                            let w = u32::from_le_bytes([b, b1, b2, b3]);
+                            if w & 0x00C0_C0F0 != 0x0080_80E0 {
                                 break;
                             }
-                            let cp = (usize::from(b & 0x0F) << 12)
-                                | (usize::from(b1 & 0x3F) << 6)
-                                | usize::from(b2 & 0x3F);
-                            if cp < 0x800 || bmp[cp] != BMP_PLAIN {
+                            let cp = ((w & 0x0F) << 12) | ((w & 0x3F00) >> 2) | ((w >> 16) & 0x3F);
+                            if cp < 0x800 || bmp[cp as usize] != BMP_PLAIN {
                                 break;
                             }
                             run += 3;
