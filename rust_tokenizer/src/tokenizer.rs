@@ -386,6 +386,38 @@ impl Tokenizer {
                     break;
                 }
             }
+            // The same for a 3-byte character (CJK) after a 3-byte character in a chunk, four
+            // bytes read at once (the last character of the string takes the general code).
+            if prev >= 0xE0_0000 && pos > start {
+                while let Some(&[b, b1, b2, b3]) = norm.get(pos..pos + 4) {
+                    let w = u32::from_le_bytes([b, b1, b2, b3]);
+                    if w & 0x00C0_C0F0 != 0x0080_80E0 {
+                        break;
+                    }
+                    let cp = ((w & 0x0F) << 12) | ((w & 0x3F00) >> 2) | ((w >> 16) & 0x3F);
+                    if cp < 0x800 {
+                        break;
+                    }
+                    let info = v.chars[cp as usize];
+                    if ud.is_some_and(|m| {
+                        info.starts_user_defined() || (!ud_exact && m.may_start(b))
+                    }) {
+                        break;
+                    }
+                    let packed = w.swap_bytes() >> 8;
+                    match rule.joins(prev, prev_info, packed, info) {
+                        None => {
+                            flush!();
+                            start = pos;
+                        }
+                        Some(both) => two = if prev_at == start { both } else { NONE },
+                    }
+                    prev_at = pos;
+                    prev = packed;
+                    prev_info = info;
+                    pos += 3;
+                }
+            }
             let b = norm[pos];
             // The character, its length and its table entry: ASCII and well-formed 3-byte
             // characters (CJK) decoded inline, the rest through `bmp_index`.
