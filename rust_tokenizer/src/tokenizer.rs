@@ -22,7 +22,9 @@ use crate::cache::ChunkCache;
 use crate::error::{Error, Result};
 use crate::normalizer::{lead_len, push_bytes_lossy, CharsMap, Normalizer, WS};
 use crate::proto::{parse_model, NormalizerProto, PieceType};
-use crate::vocab::{bmp_index, pack_char, CharInfo, Sink, Tok, Vocab, NONE};
+use crate::vocab::{
+    bmp_index, pack_char, small_index, CharInfo, Sink, Tok, Vocab, NONE, WS_PACKED,
+};
 
 /// Chunks longer than this are encoded without the cache (they rarely repeat).
 const MAX_CACHED_CHUNK: usize = 128;
@@ -357,20 +359,25 @@ impl Tokenizer {
             };
         }
         while pos < n {
-            // ASCII after ASCII in a chunk: one table entry and one dense pair-table entry per
-            // character; a user-defined start or a non-ASCII character takes the general code.
-            if prev < 0x80 && pos > start {
+            // A small character (ASCII or `▁`) after a small one in a chunk: one table entry
+            // and one dense pair-table entry per character; a user-defined start or another
+            // character takes the general code.
+            if let (Some(mut ps), true) = (small_index(prev), pos > start) {
                 while let Some(&b) = norm.get(pos) {
-                    if b >= 0x80 {
+                    let (c, clen, cp) = if b < 0x80 {
+                        (u32::from(b), 1, usize::from(b))
+                    } else if b == 0xE2 && norm.get(pos + 1..pos + 3) == Some(&[0x96, 0x81]) {
+                        (0x80, 3, 0x2581)
+                    } else {
                         break;
-                    }
-                    let info = v.chars[usize::from(b)];
+                    };
+                    let info = v.chars[cp];
                     if ud.is_some_and(|m| {
                         info.starts_user_defined() || (!ud_exact && m.may_start(b))
                     }) {
                         break;
                     }
-                    match rule.joins_ascii(prev as u8, b) {
+                    match rule.joins_small(ps, c) {
                         None => {
                             flush!();
                             start = pos;
@@ -378,9 +385,10 @@ impl Tokenizer {
                         Some(both) => two = if prev_at == start { both } else { NONE },
                     }
                     prev_at = pos;
-                    prev = u32::from(b);
+                    prev = if c < 0x80 { c } else { WS_PACKED };
+                    ps = c;
                     prev_info = info;
-                    pos += 1;
+                    pos += clen;
                 }
                 if pos >= n {
                     break;

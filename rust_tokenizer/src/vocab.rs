@@ -126,12 +126,26 @@ pub(crate) struct ChunkRule {
     /// Each adjacent pair to the id of the mergeable piece that is exactly the two characters
     /// (`NONE`: no such piece), so a chunk of two characters needs no BPE and no cache.
     adjacent: FxMap<u64, u32>,
-    /// The same for two ASCII characters, dense (`ascii[p << 7 | c]`, `CUT`: no pair): 64 KiB
-    /// instead of a hash probe per pair of letters.
-    ascii: Box<[u32]>,
+    /// The same for two small characters (ASCII, or `▁` as 0x80; see [`small_index`]), dense
+    /// (`small[p * 129 + c]`, `CUT`: no pair): 65 KiB instead of a hash probe per pair of
+    /// letters or per space and word.
+    small: Box<[u32]>,
 }
 
-/// [`ChunkRule::ascii`]: the pair is in no mergeable piece. (Ids are below `u32::MAX / 2`.)
+/// The packed `▁` (U+2581).
+pub(crate) const WS_PACKED: u32 = 0xE2_9681;
+
+/// The index of a packed character in [`ChunkRule::small`]: ASCII as itself, `▁` as 0x80.
+#[inline]
+pub(crate) fn small_index(packed: u32) -> Option<u32> {
+    match packed {
+        0..=0x7F => Some(packed),
+        WS_PACKED => Some(0x80),
+        _ => None,
+    }
+}
+
+/// [`ChunkRule::small`]: the pair is in no mergeable piece. (Ids are below `u32::MAX / 2`.)
 const CUT: u32 = u32::MAX - 1;
 
 impl ChunkRule {
@@ -150,10 +164,10 @@ impl ChunkRule {
 }
 
 impl ChunkRule {
-    /// [`ChunkRule::joins`] for two ASCII characters `p c` (both below 0x80).
+    /// [`ChunkRule::joins`] for two small characters (their [`small_index`]es, at most 0x80).
     #[inline]
-    pub fn joins_ascii(&self, p: u8, c: u8) -> Option<u32> {
-        match self.ascii[(usize::from(p) << 7) | usize::from(c)] {
+    pub fn joins_small(&self, p: u32, c: u32) -> Option<u32> {
+        match self.small[(p * 129 + c) as usize] {
             CUT => None,
             id => Some(id),
         }
@@ -433,14 +447,13 @@ impl Vocab {
                     prev = Some(c);
                 }
             }
-            let mut ascii = vec![CUT; 1 << 14].into_boxed_slice();
+            let mut small = vec![CUT; 129 * 129].into_boxed_slice();
             for (&k, &id) in &adjacent {
-                let (p, c) = ((k >> 32) as u32, k as u32);
-                if (p | c) < 0x80 {
-                    ascii[((p << 7) | c) as usize] = id;
+                if let (Some(p), Some(c)) = (small_index((k >> 32) as u32), small_index(k as u32)) {
+                    small[(p * 129 + c) as usize] = id;
                 }
             }
-            Some(ChunkRule { adjacent, ascii })
+            Some(ChunkRule { adjacent, small })
         };
 
         let mut pairs: FxMap<u64, (i32, u32)> = FxMap::default();
