@@ -2,7 +2,7 @@
 //! plus a string pool), user-defined pieces that bypass it, SentencePiece's own per-byte UTF-8
 //! validity rule, and the whitespace options.
 
-use crate::prefix::PrefixMatcher;
+use crate::prefix::{load4, short_word, PrefixMatcher};
 
 /// U+2581, the whitespace symbol.
 pub const WS: &[u8] = "\u{2581}".as_bytes();
@@ -105,8 +105,11 @@ pub struct CharsMap {
     ascii_cls: Box<[u8; 256]>,
     /// Per ASCII byte, for the `A_UD` ones: every user-defined piece starting with it, longest
     /// first, and what the character is when none matches (`A_PLAIN`, `A_NEXT` or `A_SLOW`).
-    ud_ascii: Vec<(Vec<Box<[u8]>>, u8)>,
+    ud_ascii: Vec<(ShortWords, u8)>,
 }
+
+/// User-defined pieces as `(value, mask, length)` ([`short_word`]).
+type ShortWords = Vec<(u32, u32, usize)>;
 
 /// The ASCII loop's byte classes. Not taken there: the general path decides.
 const A_SLOW: u8 = 0;
@@ -118,7 +121,7 @@ const A_NEXT: u8 = 2;
 /// The space, written as the whitespace symbol (no charsmap key or user-defined piece starts
 /// with it, no `remove_extra_whitespaces`).
 const A_SPACE: u8 = 3;
-/// Starts a few user-defined pieces (no spaces in them): compared directly
+/// Starts a few user-defined pieces of at most 4 bytes (no spaces in them): compared directly
 /// ([`CharsMap::ud_ascii`]).
 const A_UD: u8 = 4;
 /// At most this many user-defined pieces per `A_UD` byte (more: the matcher decides).
@@ -336,7 +339,7 @@ impl Normalizer {
         }
         // The ASCII loop: a user-defined piece wins at its first byte (the longest), else the
         // charsmap decides as for any character.
-        let mut ud_ascii: Vec<(Vec<Box<[u8]>>, u8)> = vec![(Vec::new(), A_SLOW); 0x80];
+        let mut ud_ascii: Vec<(ShortWords, u8)> = vec![(Vec::new(), A_SLOW); 0x80];
         for b in 0..0x80u8 {
             let i = usize::from(b);
             let mut starting: Vec<Box<[u8]>> = words
@@ -355,10 +358,17 @@ impl Normalizer {
             } else if cm.ascii_plain[i] {
                 // A single: the piece is the character itself.
                 A_PLAIN
-            } else if starting.len() <= MAX_UD_ASCII && starting.iter().all(|w| !w.contains(&b' '))
+            } else if starting.len() <= MAX_UD_ASCII
+                && starting
+                    .iter()
+                    .all(|w| !w.contains(&b' ') && short_word(w).is_some())
             {
                 starting.sort_by_key(|w| std::cmp::Reverse(w.len()));
-                ud_ascii[i] = (starting, cls[i]);
+                let short = starting
+                    .iter()
+                    .filter_map(|w| short_word(w).map(|(v, m)| (v, m, w.len())))
+                    .collect();
+                ud_ascii[i] = (short, cls[i]);
                 A_UD
             } else {
                 A_SLOW
@@ -497,9 +507,10 @@ impl Normalizer {
                     let mut c = cls[usize::from(b)];
                     if c == A_UD {
                         let (words, alone) = &ud_ascii[usize::from(b)];
-                        if let Some(w) = words.iter().find(|w| input[i..].starts_with(w)) {
-                            out.extend_from_slice(w);
-                            i += w.len();
+                        let x = load4(&input[i..]);
+                        if let Some(&(_, _, len)) = words.iter().find(|w| x & w.1 == w.0) {
+                            out.extend_from_slice(&input[i..i + len]);
+                            i += len;
                             continue;
                         }
                         c = *alone;

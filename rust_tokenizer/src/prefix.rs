@@ -2,6 +2,40 @@
 //! trie with a 256-entry root table, so text whose first byte starts no user-defined piece is
 //! rejected with one table lookup.
 
+/// A word of at most 4 bytes (no NUL byte) as `(value, mask)` over a little-endian 4-byte
+/// read ([`load4`]): the text starts with the word iff `load4(text) & mask == value`.
+pub fn short_word(w: &[u8]) -> Option<(u32, u32)> {
+    if w.is_empty() || w.len() > 4 || w.contains(&0) {
+        return None;
+    }
+    let mut v = [0u8; 4];
+    v[..w.len()].copy_from_slice(w);
+    let mask = if w.len() == 4 {
+        u32::MAX
+    } else {
+        (1u32 << (8 * w.len())) - 1
+    };
+    Some((u32::from_le_bytes(v), mask))
+}
+
+/// The first 4 bytes of `s`, little-endian, padded with NUL bytes (which no word holds).
+#[inline]
+pub fn load4(s: &[u8]) -> u32 {
+    match s.get(..4) {
+        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
+        _ => load_short(s),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn load_short(s: &[u8]) -> u32 {
+    s.iter()
+        .take(4)
+        .rev()
+        .fold(0u32, |acc, &b| (acc << 8) | u32::from(b))
+}
+
 #[derive(Debug, Clone)]
 struct Node {
     /// Sorted by byte.
@@ -109,5 +143,19 @@ mod tests {
         assert_eq!(m.longest_value(b"<br/>x"), Some((5, 8)));
         assert_eq!(m.longest(b""), None);
         assert!(!m.may_start(b'x'));
+    }
+
+    #[test]
+    fn short_words() {
+        let (v, m) = short_word(b"---").unwrap();
+        assert_eq!(load4(b"----x") & m, v);
+        assert_eq!(load4(b"---") & m, v);
+        assert_ne!(load4(b"--") & m, v);
+        assert_ne!(load4(b"-->-") & m, v);
+        let (v, m) = short_word(b"abcd").unwrap();
+        assert_eq!(load4(b"abcde") & m, v);
+        assert_ne!(load4(b"abc") & m, v);
+        assert!(short_word(b"abcde").is_none());
+        assert!(short_word(b"a\0").is_none());
     }
 }
