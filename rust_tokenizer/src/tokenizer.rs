@@ -21,6 +21,7 @@ use crate::bpe::Bpe;
 use crate::cache::ChunkCache;
 use crate::error::{Error, Result};
 use crate::normalizer::{lead_len, push_bytes_lossy, CharsMap, Normalizer, WS};
+use crate::prefix::load4;
 use crate::proto::{parse_model, NormalizerProto, PieceType};
 use crate::vocab::{
     bmp_index, pack_char, small_index, CharInfo, Sink, Tok, Vocab, NONE, WS_PACKED,
@@ -452,7 +453,17 @@ impl Tokenizer {
             if let Some(m) = ud {
                 if info.starts_user_defined() || (!ud_exact && m.may_start(b)) {
                     let hit = match info.user_defined_only() {
-                        CharInfo::NO_ID => m.longest_value(&norm[pos..]),
+                        CharInfo::NO_ID => match v.ud_short.get(usize::from(b)) {
+                            // A few short pieces: compared directly (longest first).
+                            Some(words) if !words.is_empty() => {
+                                let x = load4(&norm[pos..]);
+                                words
+                                    .iter()
+                                    .find(|w| x & w.1 == w.0)
+                                    .map(|w| (w.2 as usize, w.3))
+                            }
+                            _ => m.longest_value(&norm[pos..]),
+                        },
                         id => Some((clen, id)),
                     };
                     if let Some((len, id)) = hit {

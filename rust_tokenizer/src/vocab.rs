@@ -10,11 +10,14 @@
 use crate::error::{Error, Result};
 use crate::fxhash::FxMap;
 use crate::normalizer::lead_len;
-use crate::prefix::PrefixMatcher;
+use crate::prefix::{short_word, PrefixMatcher};
 use crate::proto::{PieceProto, PieceType, TrainerProto};
 
 /// Pieces of this many bytes or more are rejected at load, as SentencePiece does.
 const MAX_PIECE_BYTES: usize = 8000;
+
+/// See [`Vocab::ud_short`].
+const MAX_UD_SHORT: usize = 4;
 
 /// No piece (an id slot of the BPE symbols and of the character table).
 pub(crate) const NONE: u32 = u32::MAX;
@@ -192,6 +195,11 @@ pub struct Vocab {
     pub(crate) ud_flags_exact: bool,
     /// User-defined pieces, valued by id.
     pub(crate) ud: Option<PrefixMatcher>,
+    /// Per ASCII byte that starts at most [`MAX_UD_SHORT`] user-defined pieces, all of at most
+    /// 4 bytes and one of them longer than the byte: those pieces as `(value, mask, length, id)`
+    /// ([`short_word`]), longest first, compared directly instead of asking the matcher. Empty
+    /// for the other bytes.
+    pub(crate) ud_short: Vec<Vec<(u32, u32, u32, u32)>>,
     pub(crate) byte_fallback: bool,
     /// Byte value to its `<0xHH>` piece id (valid when `byte_fallback`).
     pub(crate) byte_ids: Vec<u32>,
@@ -413,6 +421,25 @@ impl Vocab {
                 c.0 &= !CharInfo::UD_ONLY;
             }
         }
+        let mut ud_short: Vec<Vec<(u32, u32, u32, u32)>> = vec![Vec::new(); 0x80];
+        for (b, list) in ud_short.iter_mut().enumerate() {
+            let mut starting: Vec<(&[u8], u32)> = ud_words
+                .iter()
+                .filter(|(t, _)| usize::from(t[0]) == b)
+                .copied()
+                .collect();
+            starting.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
+            let short: Vec<(u32, u32, u32, u32)> = starting
+                .iter()
+                .filter_map(|&(t, id)| short_word(t).map(|(v, m)| (v, m, t.len() as u32, id)))
+                .collect();
+            if short.len() == starting.len()
+                && short.len() <= MAX_UD_SHORT
+                && starting.iter().any(|(t, _)| t.len() > 1)
+            {
+                *list = short;
+            }
+        }
         let ud = if ud_words.is_empty() {
             None
         } else {
@@ -481,6 +508,7 @@ impl Vocab {
             chars,
             ud_flags_exact,
             ud,
+            ud_short,
             byte_fallback: bf,
             byte_ids,
             byte_value,
