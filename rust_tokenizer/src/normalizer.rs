@@ -93,7 +93,7 @@ pub struct CharsMap {
     /// Per BMP code point: `BMP_PLAIN` (no key starts with it: it maps to itself), `BMP_SLOW`
     /// (a key ends inside or at it: take the full walk), or `node + 2` (keys continue past it:
     /// it maps to itself unless the next byte continues the walk from `node`).
-    bmp: Vec<u32>,
+    bmp: Box<Bmp>,
     /// Every character that starts a user-defined piece is `BMP_SLOW` in `bmp`
     /// ([`Normalizer::mark_user_defined_starts`]): the fast path need not ask the matcher.
     ud_marked: bool,
@@ -126,6 +126,10 @@ const A_SPACE: u8 = 3;
 const A_UD: u8 = 4;
 /// At most this many user-defined pieces per `A_UD` byte (more: the matcher decides).
 const MAX_UD_ASCII: usize = 4;
+
+/// One entry per BMP code point: a fixed-size array, so that an index computed from a 3-byte
+/// UTF-8 form (at most 0xFFFF) needs no bounds check.
+type Bmp = [u32; 0x10000];
 
 const BMP_PLAIN: u32 = 0;
 const BMP_SLOW: u32 = 1;
@@ -197,13 +201,18 @@ impl CharsMap {
             units,
             pool,
             root_child,
-            bmp: Vec::new(),
+            bmp: vec![BMP_PLAIN; 0x10000]
+                .into_boxed_slice()
+                .try_into()
+                .map_err(|_| "BMP table size".to_string())?,
             ud_marked: false,
             ascii_plain: Box::new([false; 256]),
             ascii_cls: Box::new([A_SLOW; 256]),
             ud_ascii: Vec::new(),
         };
-        cm.bmp = (0..0x10000u32).map(|cp| cm.classify(cp)).collect();
+        for cp in 0..0x10000u32 {
+            cm.bmp[cp as usize] = cm.classify(cp);
+        }
         Ok(cm)
     }
 
@@ -550,7 +559,7 @@ impl Normalizer {
                         // `BMP_PLAIN` entry), without the general checks.
                         // Four bytes read at once (the last character of the input goes
                         // through `fast_char`).
-                        let bmp = bmp.unwrap_or_default();
+                        let Some(bmp) = bmp else { continue };
                         while let Some(&[b, b1, b2, b3]) = input.get(run..run + 4) {
                             let w = u32::from_le_bytes([b, b1, b2, b3]);
                             if w & 0x00C0_C0F0 != 0x0080_80E0 {

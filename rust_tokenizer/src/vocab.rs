@@ -83,6 +83,10 @@ impl CharInfo {
     }
 }
 
+/// The per-character table: fixed-size, so that an index computed from a 3-byte UTF-8 form (at
+/// most 0xFFFF) needs no bounds check.
+pub(crate) type CharTable = [CharInfo; 0x10000];
+
 /// The table index of a canonically encoded one-, two- or three-byte UTF-8 character that is
 /// exactly `c`, else `None` (4-byte characters, invalid or over-long encodings).
 #[inline]
@@ -189,7 +193,7 @@ pub struct Vocab {
     /// mergeable piece that splits into two mergeable pieces.
     pub(crate) pairs: FxMap<u64, (i32, u32)>,
     /// [`bmp_index`] to the character's entry.
-    pub(crate) chars: Vec<CharInfo>,
+    pub(crate) chars: Box<CharTable>,
     /// Whether the `UD` flags of `chars` are exact (every user-defined piece starts with a
     /// table character); if not, every character asks the matcher.
     pub(crate) ud_flags_exact: bool,
@@ -394,7 +398,10 @@ impl Vocab {
             ));
         }
 
-        let mut chars = vec![CharInfo::EMPTY; 0x10000];
+        let mut chars: Box<CharTable> = vec![CharInfo::EMPTY; 0x10000]
+            .into_boxed_slice()
+            .try_into()
+            .map_err(|_| invalid(origin, "character table size"))?;
         for (t, &(_, id)) in merge.iter() {
             if let Some(cp) = bmp_index(t) {
                 chars[cp].set_id(id);
