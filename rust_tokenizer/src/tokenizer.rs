@@ -522,7 +522,6 @@ impl Tokenizer {
                 v.finish(&[Tok::Unk(0, chunk.len() as u32)], chunk, &mut prev_unk, out);
                 return;
             }
-            let start = out.len();
             if cache_ok && chunk.len() <= MAX_CACHED_CHUNK {
                 if let Some(ids) = s.cache.get(chunk) {
                     let skip = usize::from(
@@ -542,23 +541,34 @@ impl Tokenizer {
                     return;
                 }
             }
-            s.toks.clear();
-            s.bpe.run(v, chunk, !cache_ok, &mut s.toks);
-            // Finish this chunk on its own (fusing unknowns inside it), then fuse at the join.
-            v.finish(&s.toks, chunk, &mut false, out);
-            if cache_ok && chunk.len() <= MAX_CACHED_CHUNK {
-                s.cache.insert(chunk, &out[start..]);
-            }
-            if fuse
-                && start > base
-                && out.len() > start
-                && out[start] == unk
-                && out[start - 1] == unk
-            {
-                out.remove(start);
-            }
+            self.encode_run(chunk, s, out, base);
         });
         s.norm = norm;
+    }
+
+    /// A chunk that is not in the cache: BPE, cached, fused with a preceding unknown. Kept out
+    /// of line, so that the chunker's loops (each of which emits chunks) stay small.
+    #[inline(never)]
+    fn encode_run(&self, chunk: &[u8], s: &mut Scratch, out: &mut Vec<u32>, base: usize) {
+        let v = &self.vocab;
+        let unk = v.unk.unwrap_or(NONE);
+        let cache_ok = v.chunk.is_some();
+        let start = out.len();
+        s.toks.clear();
+        s.bpe.run(v, chunk, !cache_ok, &mut s.toks);
+        // Finish this chunk on its own (fusing unknowns inside it), then fuse at the join.
+        v.finish(&s.toks, chunk, &mut false, out);
+        if cache_ok && chunk.len() <= MAX_CACHED_CHUNK {
+            s.cache.insert(chunk, &out[start..]);
+        }
+        if !v.byte_fallback
+            && start > base
+            && out.len() > start
+            && out[start] == unk
+            && out[start - 1] == unk
+        {
+            out.remove(start);
+        }
     }
 
     /// Decodes ids exactly as `SentencePieceProcessor.decode(ids)` does.
