@@ -288,6 +288,13 @@ impl CharsMap {
     }
 }
 
+/// The four bytes at `s[at..]` as a little-endian `u32` (one load), if there are four.
+#[inline]
+pub(crate) fn le32(s: &[u8], at: usize) -> Option<u32> {
+    let b: [u8; 4] = s.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_le_bytes(b))
+}
+
 /// Normalizer settings plus the charsmap.
 #[derive(Debug, Clone)]
 pub struct Normalizer {
@@ -560,8 +567,7 @@ impl Normalizer {
                         // Four bytes read at once (the last character of the input goes
                         // through `fast_char`).
                         let Some(bmp) = bmp else { continue };
-                        while let Some(&[b, b1, b2, b3]) = input.get(run..run + 4) {
-                            let w = u32::from_le_bytes([b, b1, b2, b3]);
+                        while let Some(w) = le32(input, run) {
                             if w & 0x00C0_C0F0 != 0x0080_80E0 {
                                 break;
                             }

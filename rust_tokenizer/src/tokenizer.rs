@@ -20,7 +20,7 @@ use crate::batch::{pool_for, schedule};
 use crate::bpe::Bpe;
 use crate::cache::ChunkCache;
 use crate::error::{Error, Result};
-use crate::normalizer::{lead_len, push_bytes_lossy, CharsMap, Normalizer, WS};
+use crate::normalizer::{le32, lead_len, push_bytes_lossy, CharsMap, Normalizer, WS};
 use crate::prefix::load4;
 use crate::proto::{parse_model, NormalizerProto, PieceType};
 use crate::vocab::{
@@ -398,8 +398,7 @@ impl Tokenizer {
             // The same for a 3-byte character (CJK) after a 3-byte character in a chunk, four
             // bytes read at once (the last character of the string takes the general code).
             if prev >= 0xE0_0000 && pos > start {
-                while let Some(&[b, b1, b2, b3]) = norm.get(pos..pos + 4) {
-                    let w = u32::from_le_bytes([b, b1, b2, b3]);
+                while let Some(w) = le32(norm, pos) {
                     if w & 0x00C0_C0F0 != 0x0080_80E0 {
                         break;
                     }
@@ -409,7 +408,7 @@ impl Tokenizer {
                     }
                     let info = v.chars[cp as usize];
                     if ud.is_some_and(|m| {
-                        info.starts_user_defined() || (!ud_exact && m.may_start(b))
+                        info.starts_user_defined() || (!ud_exact && m.may_start(w as u8))
                     }) {
                         break;
                     }
