@@ -41,6 +41,9 @@ ADVERSARIAL = (
     + ["한", "국", "어", "ก", "ข", "\u0e31", "ا", "ل", "ع", "д", "я"]
     + ["<s>", "</s>", "<unk>", "<pad>", "<SEP>", "<CLS>", "<br>", "<p>", "</p>", "<reserved_7>", "<0x41>"]
     + [" ", "  ", "   ", "\t", "\n", "\r\n", "\r"]
+    # The normalizer's ASCII loop: letters that a combining mark composes with, user-defined
+    # pieces compared as 4-byte words ("---" and "-->" in Baichuan), "<" with many pieces.
+    + ["-", "--", "---", "----", "-->", ">", "\u0338", "`", "```", "e", "A", "<", "=\u0338"]
 )
 
 VOCAB_SAMPLES = {
