@@ -523,6 +523,8 @@ impl Normalizer {
                     let mut c = cls[usize::from(b)];
                     if c == A_UD {
                         let (words, alone) = &ud_ascii[usize::from(b)];
+                        // A match means `len` bytes are there: words hold no NUL, the
+                        // padding of a short read.
                         let x = load4(&input[i..]);
                         if let Some(&(_, _, len)) = words.iter().find(|w| x & w.1 == w.0) {
                             out.extend_from_slice(&input[i..i + len]);

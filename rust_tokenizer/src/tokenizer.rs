@@ -453,7 +453,8 @@ impl Tokenizer {
                 if info.starts_user_defined() || (!ud_exact && m.may_start(b)) {
                     let hit = match info.user_defined_only() {
                         CharInfo::NO_ID => match v.ud_short.get(usize::from(b)) {
-                            // A few short pieces: compared directly (longest first).
+                            // A few short pieces: compared directly (longest first; a match
+                            // means the bytes are there, see `short_word`).
                             Some(words) if !words.is_empty() => {
                                 let x = load4(&norm[pos..]);
                                 words
