@@ -71,3 +71,31 @@ impl Hasher for FxHasher {
 
 pub type FxBuild = BuildHasherDefault<FxHasher>;
 pub type FxMap<K, V> = HashMap<K, V, FxBuild>;
+
+/// A hasher for one `u64` key (the chunker's character pairs): one multiply, the high half
+/// folded into the low half (hashbrown takes the bucket from the low bits and a 7-bit tag from
+/// the top ones, both from the well-mixed high half of the product). Other inputs go through
+/// [`FxHasher`]'s word mixing.
+#[derive(Default, Clone, Copy)]
+pub struct PairHasher {
+    hash: u64,
+}
+
+impl Hasher for PairHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = FxHasher { hash: self.hash };
+        h.write(bytes);
+        self.hash = h.finish();
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.hash = (self.hash ^ i).wrapping_mul(K);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash ^ (self.hash >> 32)
+    }
+}
+
+pub type PairMap<V> = HashMap<u64, V, BuildHasherDefault<PairHasher>>;

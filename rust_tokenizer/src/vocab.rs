@@ -8,7 +8,7 @@
 //! BPE agenda (`bpe.rs`, which depends on this module, not on the tokenizer).
 
 use crate::error::{Error, Result};
-use crate::fxhash::FxMap;
+use crate::fxhash::{FxMap, PairMap};
 use crate::normalizer::lead_len;
 use crate::prefix::{short_word, PrefixMatcher};
 use crate::proto::{PieceProto, PieceType, TrainerProto};
@@ -132,7 +132,7 @@ pub(crate) fn pack_char(c: &[u8]) -> u32 {
 pub(crate) struct ChunkRule {
     /// Each adjacent pair to the id of the mergeable piece that is exactly the two characters
     /// (`NONE`: no such piece), so a chunk of two characters needs no BPE and no cache.
-    adjacent: FxMap<u64, u32>,
+    adjacent: PairMap<u32>,
     /// The same for two small characters (ASCII, or `▁` as 0x80; see [`small_index`]), dense
     /// (`small[p * 129 + c]`, `CUT`: no pair): 65 KiB instead of a hash probe per pair of
     /// letters or per space and word.
@@ -458,7 +458,7 @@ impl Vocab {
         } else {
             // Every pair of adjacent characters in a mergeable piece (packed); characters
             // outside the table are GENERIC (all flags on).
-            let mut adjacent: FxMap<u64, u32> = FxMap::default();
+            let mut adjacent: PairMap<u32> = PairMap::default();
             let mut both = Vec::new();
             for t in merge.keys() {
                 let mut prev: Option<&[u8]> = None;
