@@ -72,10 +72,10 @@ impl Hasher for FxHasher {
 pub type FxBuild = BuildHasherDefault<FxHasher>;
 pub type FxMap<K, V> = HashMap<K, V, FxBuild>;
 
-/// A hasher for one `u64` key (the chunker's character pairs): one multiply, the high half
-/// folded into the low half (hashbrown takes the bucket from the low bits and a 7-bit tag from
-/// the top ones, both from the well-mixed high half of the product). Other inputs go through
-/// [`FxHasher`]'s word mixing.
+/// A hasher for one `u64` key (character pairs of the chunker, id pairs of the BPE): one
+/// multiply, the high half folded into the low half (hashbrown takes the bucket from the low bits
+/// and a 7-bit tag from the top ones, both from the well-mixed high half of the product). Other
+/// inputs go through [`FxHasher`]'s word mixing.
 #[derive(Default, Clone, Copy)]
 pub struct PairHasher {
     hash: u64,

@@ -191,7 +191,7 @@ pub struct Vocab {
     pub(crate) merge: FxMap<Box<[u8]>, (i32, u32)>,
     /// Mergeable pairs by id: `(left id << 32) | right id` to (score key, merged id), for every
     /// mergeable piece that splits into two mergeable pieces.
-    pub(crate) pairs: FxMap<u64, (i32, u32)>,
+    pub(crate) pairs: PairMap<(i32, u32)>,
     /// [`bmp_index`] to the character's entry.
     pub(crate) chars: Box<CharTable>,
     /// Whether the `UD` flags of `chars` are exact (every user-defined piece starts with a
@@ -490,7 +490,7 @@ impl Vocab {
             Some(ChunkRule { adjacent, small })
         };
 
-        let mut pairs: FxMap<u64, (i32, u32)> = FxMap::default();
+        let mut pairs: PairMap<(i32, u32)> = PairMap::default();
         for (t, &(score, id)) in merge.iter() {
             for k in 1..t.len() {
                 if let (Some(&(_, l)), Some(&(_, r))) = (merge.get(&t[..k]), merge.get(&t[k..])) {
