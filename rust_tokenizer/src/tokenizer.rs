@@ -339,6 +339,10 @@ impl Tokenizer {
         };
         let ud = v.ud.as_ref();
         let ud_exact = v.ud_flags_exact;
+        // The inner loops below leave every character that may start a user-defined piece to the
+        // general code: those with the table flag (set only when there are user-defined pieces)
+        // and, when the flags are not exact, those whose first byte starts one.
+        let loose = ud.filter(|_| !ud_exact);
         let n = norm.len();
         let mut start = 0usize; // the current chunk
         let mut prev_at = 0usize; // where its last character starts
@@ -373,9 +377,7 @@ impl Tokenizer {
                         break;
                     };
                     let info = v.chars[cp];
-                    if ud.is_some_and(|m| {
-                        info.starts_user_defined() || (!ud_exact && m.may_start(b))
-                    }) {
+                    if info.starts_user_defined() || loose.is_some_and(|m| m.may_start(b)) {
                         break;
                     }
                     match rule.joins_small(ps, c) {
@@ -407,9 +409,7 @@ impl Tokenizer {
                         break;
                     }
                     let info = v.chars[cp as usize];
-                    if ud.is_some_and(|m| {
-                        info.starts_user_defined() || (!ud_exact && m.may_start(w as u8))
-                    }) {
+                    if info.starts_user_defined() || loose.is_some_and(|m| m.may_start(w as u8)) {
                         break;
                     }
                     let packed = w.swap_bytes() >> 8;
