@@ -449,8 +449,8 @@ impl Tokenizer {
                 let info = bmp_index(c).map_or(CharInfo::GENERIC, |i| v.chars[i]);
                 (clen, pack_char(c), info)
             };
-            if let Some(m) = ud {
-                if info.starts_user_defined() || (!ud_exact && m.may_start(b)) {
+            if info.starts_user_defined() || loose.is_some_and(|m| m.may_start(b)) {
+                if let Some(m) = ud {
                     let hit = match info.user_defined_only() {
                         CharInfo::NO_ID => match v.ud_short.get(usize::from(b)) {
                             // A few short pieces: compared directly (longest first; a match
