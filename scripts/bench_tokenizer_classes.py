@@ -21,12 +21,19 @@ Each figure is the median of ``--reps`` runs (this machine is shared and busy: m
 best runs); "ours" runs load a fresh tokenizer each time (cold chunk cache), and ours and
 sentencepiece alternate run by run so drift hits both alike. The ratio is the median of the
 per-pair ratios. A class whose package is missing is skipped with a note.
+
+``--clock process`` times process CPU time instead of wall time (steadier on a shared machine);
+``--json`` prints one JSON line tagged with the ``baichuan`` package's path instead of the table,
+so two builds can be compared by alternating processes (one with ``PYTHONPATH`` at another build):
+
+    python scripts/bench_tokenizer_classes.py --clock process --json --reps 7
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import re
 import statistics
 import sys
@@ -87,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--en-mb", type=float, default=4.0, help="MB of standard library source for en-code")
     ap.add_argument("--classes", default="zh-prose,zh-tech,en-code")
+    ap.add_argument("--clock", choices=("wall", "process"), default="wall",
+                    help="wall: time.perf_counter; process: time.process_time (CPU seconds of this process)")
+    ap.add_argument("--json", action="store_true", help="one JSON line instead of the table")
     ap.add_argument("--dump", type=Path, help="also write each class's texts, NUL-separated, to DUMP/CLASS.txt "
                     "(for rust_tokenizer/examples/encode_bench.rs and profilers)")
     args = ap.parse_args(argv)
@@ -96,13 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.model) if Path(args.model).is_file() else model_path(args.model)
     sp = spm.SentencePieceProcessor(model_file=str(path))
     makers = {"zh-prose": zh_prose, "zh-tech": zh_tech, "en-code": lambda: en_code(args.en_mb)}
-    print(f"model {path.name}; one thread each; median of {args.reps} runs (ours: fresh tokenizer each run)")
-    print(f"{'class':10s} {'texts':>7s} {'MB':>6s} {'ours MB/s':>10s} {'sp MB/s':>8s} {'ratio':>6s}")
+    clock = time.process_time if args.clock == "process" else time.perf_counter
+    unit = "MB per CPU-second" if args.clock == "process" else "MB/s"
+    say = (lambda *_: None) if args.json else print
+    say(f"model {path.name}; one thread each; median of {args.reps} runs (ours: fresh tokenizer each run); {unit}")
+    say(f"{'class':10s} {'texts':>7s} {'MB':>6s} {'ours MB/s':>10s} {'sp MB/s':>8s} {'ratio':>6s}")
+    results: dict[str, object] = {}
     for name in args.classes.split(","):
         try:
             texts = makers[name]()
         except ImportError as e:
-            print(f"{name:10s} skipped: {e}")
+            say(f"{name:10s} skipped: {e}")
+            results[name] = f"skipped: {e}"
             continue
         mb = sum(len(t.encode()) for t in texts) / 1e6
         if args.dump:
@@ -117,17 +132,22 @@ def main(argv: list[str] | None = None) -> int:
             for who in (("o", "s") if i % 2 == 0 else ("s", "o")):
                 if who == "o":
                     tok = Tokenizer.from_file(path)
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     out = tok.encode_batch(texts, num_threads=1)
-                    ours.append(time.perf_counter() - t0)
+                    ours.append(clock() - t0)
                 else:
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     out = sp.encode(texts, num_threads=1)
-                    theirs.append(time.perf_counter() - t0)
+                    theirs.append(clock() - t0)
                 del out
         o, s = statistics.median(ours), statistics.median(theirs)
         ratio = statistics.median(b / a for a, b in zip(ours, theirs))
-        print(f"{name:10s} {len(texts):7d} {mb:6.2f} {mb / o:10.1f} {mb / s:8.1f} {ratio:5.2f}x")
+        say(f"{name:10s} {len(texts):7d} {mb:6.2f} {mb / o:10.1f} {mb / s:8.1f} {ratio:5.2f}x")
+        results[name] = {"ours_mb_s": round(mb / o, 1), "sp_mb_s": round(mb / s, 1), "ratio": round(ratio, 2)}
+    if args.json:
+        import baichuan
+
+        print(json.dumps({"package": str(Path(baichuan.__file__).parent), "clock": args.clock, **results}))
     return 0
 
 
