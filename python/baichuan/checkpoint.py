@@ -179,11 +179,8 @@ def load_model(
     dtype: torch.dtype | None = None,
     attn_backend: str | None = None,
 ) -> BaichuanForCausalLM:
-    """Load a native folder. ``dtype`` None keeps the stored dtype of the weights (per tensor)."""
-    import torch
-
-    from baichuan.model import BaichuanForCausalLM
-
+    """Load a native folder only (anything else is refused, naming what is missing); :func:`load`
+    reads every layout. ``dtype`` None keeps the stored dtype of the weights (per tensor)."""
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"model folder not found: {d}")
@@ -193,21 +190,9 @@ def load_model(
             raise FileNotFoundError(
                 f"{d} is not a baichuan model folder: {p.name} is missing "
                 f"(expected {CONFIG_NAME} + {WEIGHTS_NAME}; use `baichuan export-hf` or "
-                "baichuan.hf.load_hf_folder for other layouts)"
+                "baichuan.checkpoint.load for other layouts)"
             )
-    config = ModelConfig.from_json_file(cfg_path)
-    if attn_backend is not None:
-        config.attn_backend = attn_backend
-    state = load_safetensors(weights_path)
-    with torch.device("meta"):
-        model = BaichuanForCausalLM(config)
-    state = check_state_dict(model, state, str(weights_path))
-    if dtype is not None:
-        state = {k: v.to(dtype) for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    return model.to(device)
+    return load(d, device=device, dtype=dtype, attn_backend=attn_backend)
 
 
 # ------------------------------------------------------ reading any checkpoint: load(path)

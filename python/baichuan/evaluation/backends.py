@@ -1,6 +1,6 @@
 """Loading the model and tokenizer to evaluate: our checkpoints or any transformers causal LM folder.
 
-- Our native checkpoint folders load through ``baichuan.checkpoint.load_model``.
+- Baichuan folders (ours, ``export-hf``'s, the official release) load through ``baichuan.checkpoint.load``.
 - A transformers folder (``config.json`` with ``model_type`` plus weights) loads through
   ``AutoModelForCausalLM``; remote code only with ``trust_remote_code=True`` (the folders
   ``baichuan export-hf`` writes, or ones the user vouches for).
