@@ -169,6 +169,35 @@ fn new_list(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyList>> {
     }
 }
 
+/// Stores a new reference to `obj` in slot `k` of the brand-new list `list` (fresh from
+/// `PyList_New`: the slot is still NULL).
+///
+/// # Safety
+/// The GIL is held, `list` is a list made by `PyList_New` that no other code has seen yet,
+/// `k < len(list)`, slot `k` has not been filled, and `obj` is a live object.
+#[inline(always)]
+unsafe fn set_new_item(
+    list: *mut pyo3::ffi::PyObject,
+    k: pyo3::ffi::Py_ssize_t,
+    obj: *mut pyo3::ffi::PyObject,
+) {
+    // Version-specific build: CPython's inline macros (no call into libpython per id).
+    // SAFETY: the caller's contract; `PyList_SET_ITEM` steals the reference made by `Py_INCREF`
+    // and may only fill a NULL slot of a new list, which is what the contract says slot `k` is.
+    #[cfg(not(feature = "abi3"))]
+    unsafe {
+        pyo3::ffi::Py_INCREF(obj);
+        pyo3::ffi::PyList_SET_ITEM(list, k, obj);
+    }
+    // Stable ABI: the macros are not available; the function forms do the same.
+    // SAFETY: the caller's contract; `PyList_SetItem` steals the reference made by `Py_IncRef`.
+    #[cfg(feature = "abi3")]
+    unsafe {
+        pyo3::ffi::Py_IncRef(obj);
+        pyo3::ffi::PyList_SetItem(list, k, obj);
+    }
+}
+
 fn threads_arg(n: Option<i64>) -> Option<usize> {
     match n {
         None => None,
@@ -246,12 +275,13 @@ impl PyTokenizer {
 
     fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
         // Straight through the C API: one new reference to a cached int per slot. (pyo3's
-        // generic `PyList::new` costs a few percent more per id here.)
+        // generic `PyList::new` costs a few percent more per id here; see `set_new_item`.)
         let len = pyo3::ffi::Py_ssize_t::try_from(ids.len())
             .map_err(|_| TokenizerError::new_err("too many ids for one list"))?;
-        // SAFETY: we hold the GIL (`py`); `PyList_New` returns a new reference or NULL with an
-        // exception set; every id is < vocab_size (they come from this tokenizer), so each
-        // `ints` entry is a live int; `PyList_SetItem` steals the reference we create for it.
+        // SAFETY: we hold the GIL (`py`) and release it nowhere in this block; `PyList_New`
+        // returns a new reference or NULL with an exception set; the list is seen by no other
+        // code until it is returned, and each slot `k < len` is filled once; every id is
+        // < vocab_size (they come from this tokenizer), so each `ints` entry is a live int.
         unsafe {
             let list = pyo3::ffi::PyList_New(len);
             if list.is_null() {
@@ -259,8 +289,7 @@ impl PyTokenizer {
             }
             for (k, &id) in ids.iter().enumerate() {
                 let obj = self.ints[id as usize].as_ptr();
-                pyo3::ffi::Py_IncRef(obj);
-                pyo3::ffi::PyList_SetItem(list, k as pyo3::ffi::Py_ssize_t, obj);
+                set_new_item(list, k as pyo3::ffi::Py_ssize_t, obj);
             }
             Ok(Bound::from_owned_ptr(py, list).cast_into_unchecked())
         }

@@ -268,7 +268,7 @@ impl Tokenizer {
         let mut out: Vec<Vec<u8>> = Vec::new();
         let (mut bpe, mut toks) = (Bpe::default(), Vec::new());
         let mut prev_unk = false;
-        self.for_each_chunk(&norm, |chunk, kind| {
+        self.for_each_chunk::<false>(&norm, &mut Vec::new(), |_, chunk, kind| {
             let one;
             let toks: &[Tok] = match kind {
                 Chunk::Frozen(id) => {
@@ -328,12 +328,22 @@ impl Tokenizer {
     /// start here, its flags decide most cuts without hashing
     /// ([`crate::vocab::ChunkRule::joins`]), and a chunk of one character carries its piece id
     /// from the same entry.
+    ///
+    /// With `DIRECT`, a chunk whose id is known (a frozen user-defined piece, a character with
+    /// its id in the table, two characters that are one piece) is pushed to `ids` here instead
+    /// of going through `f`; `f` gets `ids` and the other chunks (`Chunk::Char(NO_ID)` and
+    /// `Chunk::Run`). Without it every chunk goes through `f`, `ids` untouched.
     #[inline]
-    fn for_each_chunk<'a>(&self, norm: &'a [u8], mut f: impl FnMut(&'a [u8], Chunk)) {
+    fn for_each_chunk<'a, const DIRECT: bool>(
+        &self,
+        norm: &'a [u8],
+        ids: &mut Vec<u32>,
+        mut f: impl FnMut(&mut Vec<u32>, &'a [u8], Chunk),
+    ) {
         let v = &self.vocab;
         let Some(rule) = &v.chunk else {
             if !norm.is_empty() {
-                f(norm, Chunk::Run);
+                f(ids, norm, Chunk::Run);
             }
             return;
         };
@@ -355,11 +365,20 @@ impl Tokenizer {
         macro_rules! flush {
             () => {
                 if prev_at == start {
-                    f(&norm[start..pos], Chunk::Char(prev_info.id()));
+                    let id = prev_info.id();
+                    if DIRECT && id != CharInfo::NO_ID {
+                        ids.push(id);
+                    } else {
+                        f(ids, &norm[start..pos], Chunk::Char(id));
+                    }
                 } else if two != NONE {
-                    f(&norm[start..pos], Chunk::Char(two));
+                    if DIRECT {
+                        ids.push(two);
+                    } else {
+                        f(ids, &norm[start..pos], Chunk::Char(two));
+                    }
                 } else {
-                    f(&norm[start..pos], Chunk::Run);
+                    f(ids, &norm[start..pos], Chunk::Run);
                 }
             };
         }
@@ -470,7 +489,11 @@ impl Tokenizer {
                         if pos > start {
                             flush!();
                         }
-                        f(&norm[pos..pos + len], Chunk::Frozen(id));
+                        if DIRECT {
+                            ids.push(id);
+                        } else {
+                            f(ids, &norm[pos..pos + len], Chunk::Frozen(id));
+                        }
                         pos += len;
                         start = pos;
                         continue;
@@ -505,7 +528,7 @@ impl Tokenizer {
         let unk = v.unk.unwrap_or(NONE);
         let fuse = !v.byte_fallback;
         let cache_ok = v.chunk.is_some();
-        self.for_each_chunk(&norm, |chunk, kind| {
+        self.for_each_chunk::<true>(&norm, out, |out, chunk, kind| {
             let id = match kind {
                 Chunk::Frozen(id) => id,
                 Chunk::Char(CharInfo::NO_ID) => v.char_id(chunk),
