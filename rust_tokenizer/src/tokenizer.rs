@@ -382,6 +382,20 @@ impl Tokenizer {
                 }
             };
         }
+        // The character at `pos` (`$packed`, `$info`) after the previous one: the chunk goes on
+        // if the pair can be inside a piece (remembering a two-character piece's id), else the
+        // chunk so far is emitted and a new one starts here.
+        macro_rules! join_or_cut {
+            ($packed:expr, $info:expr) => {
+                match rule.joins(prev, prev_info, $packed, $info) {
+                    None => {
+                        flush!();
+                        start = pos;
+                    }
+                    Some(both) => two = if prev_at == start { both } else { NONE },
+                }
+            };
+        }
         while pos < n {
             // A small character (ASCII or `▁`) after a small one in a chunk: one table entry
             // and one dense pair-table entry per character; a user-defined start or another
@@ -432,13 +446,7 @@ impl Tokenizer {
                         break;
                     }
                     let packed = w.swap_bytes() >> 8;
-                    match rule.joins(prev, prev_info, packed, info) {
-                        None => {
-                            flush!();
-                            start = pos;
-                        }
-                        Some(both) => two = if prev_at == start { both } else { NONE },
-                    }
+                    join_or_cut!(packed, info);
                     prev_at = pos;
                     prev = packed;
                     prev_info = info;
@@ -501,13 +509,7 @@ impl Tokenizer {
                 }
             }
             if pos > start {
-                match rule.joins(prev, prev_info, packed, info) {
-                    None => {
-                        flush!();
-                        start = pos;
-                    }
-                    Some(both) => two = if prev_at == start { both } else { NONE },
-                }
+                join_or_cut!(packed, info);
             }
             prev_at = pos;
             prev = packed;
