@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CHECKPOINTS_DIR = "checkpoints"  # a training run's checkpoints, under its --output-dir
 
 
 class CheckpointError(BaichuanError, ValueError):
@@ -643,13 +644,13 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 
 def latest_model_dir(output_dir: str | os.PathLike[str]) -> Path:
     """The native model folder of a run's newest complete checkpoint (for generate/export-hf)."""
-    ckpt = Path(output_dir) / "checkpoints"
-    tag = latest_tag(ckpt)
+    ckpt = Checkpointer.of_run(output_dir)
+    tag = ckpt.latest()
     if tag is None:
-        raise TrainingError(f"{output_dir}: no checkpoint yet ({ckpt / 'latest'} is missing)")
-    model = ckpt / tag / "model"
+        raise TrainingError(f"{output_dir}: no checkpoint yet ({ckpt.directory / 'latest'} is missing)")
+    model = ckpt.model_dir(tag)
     if not (model / CONFIG_NAME).is_file():
-        raise TrainingError(f"{ckpt / tag}: the native model folder is missing")
+        raise TrainingError(f"{ckpt.directory / tag}: the native model folder is missing")
     return model
 
 
@@ -716,6 +717,12 @@ class Checkpointer:
         self.directory = Path(directory)
         self.rank, self.world_size = rank, world_size
         self.barrier: Callable[[], object] = barrier or (lambda: None)
+
+    @classmethod
+    def of_run(cls, output_dir: str | os.PathLike[str], rank: int = 0, world_size: int = 1,
+               barrier: Callable[[], object] | None = None) -> Checkpointer:
+        """The checkpoints of the run in ``output_dir`` (``OUTPUT/checkpoints/``)."""
+        return cls(Path(output_dir) / CHECKPOINTS_DIR, rank, world_size, barrier)
 
     @property
     def is_main(self) -> bool:

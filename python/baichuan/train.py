@@ -98,7 +98,7 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------- checkpoint files
 def checkpoint_dir(cfg: TrainConfig) -> Path:
-    return Path(cfg.output_dir) / "checkpoints"
+    return Checkpointer.of_run(cfg.output_dir).directory
 
 
 # ----------------------------------------------------------------------------------- the run
