@@ -10,35 +10,36 @@ import pytest
 from baichuan.cli import main
 from baichuan.errors import BaichuanError, as_user_error
 
+# (command, argv, a word the message must contain): each argv is wrong in one way. In argv,
+# "{tmp}" is the test's tmp_path, "{nope}" a path that does not exist there, "{model}" a file
+# there that is not a SentencePiece model.
+CASES = [
+    ("encode", ["encode", "--tokenizer", "{nope}", "hi"], "nope"),
+    ("tokenize", ["tokenize", "--tokenizer", "{nope}", "--input", "{tmp}", "--output", "{tmp}/o1"], "nope"),
+    ("tokenize", ["tokenize", "--tokenizer", "{model}", "--input", "{tmp}", "--output", "{tmp}/o2",
+                  "--workers", "-1"], "--workers"),
+    ("tokenize", ["tokenize", "--tokenizer", "{model}", "--input", "{tmp}", "--output", "{tmp}/o3",
+                  "--partition", "3/2"], "3/2"),
+    ("tokenize", ["tokenize", "--tokenizer", "{model}", "--input", "{tmp}", "--output", "{tmp}/o4",
+                  "--holdout", "2"], "--holdout"),
+    ("merge-shards", ["merge-shards", "{nope}", "--output", "{tmp}/m"], "nope"),
+    ("train-tokenizer", ["train-tokenizer", "--input", "{nope}", "--model-prefix", "{tmp}/t"], "nope"),
+    ("train", ["train", "--data", "{nope}", "--output-dir", "{tmp}/r", "--model", "tiny"], "nope"),
+    ("train", ["train", "--data", "{tmp}", "--output-dir", "{tmp}/r", "--model", "tiny", "--lr", "-1"], "--lr"),
+    ("generate", ["generate", "--model", "{nope}", "hi"], "nope"),
+    ("export-hf", ["export-hf", "--checkpoint", "{nope}", "--output", "{tmp}/hf"], "nope"),
+    ("eval", ["eval", "--task", "ceval", "--data-dir", "{nope}", "--model", "{nope}", "--no-progress"], "nope"),
+    ("eval", ["eval", "--task", "ceval", "--data-dir", "{nope}", "--model", "{nope}", "--shot", "-1"], "--shot"),
+]
 
-def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
-    """(command, argv, a word the message must contain): each argv is wrong in one way."""
-    nope = str(tmp / "nope")
-    model = tmp / "x.model"
+
+@pytest.mark.parametrize(("command", "template", "word"), CASES)
+def test_user_errors_are_one_line_and_exit_2(
+    command: str, template: list[str], word: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "x.model"
     model.write_bytes(b"not a model")
-    return [
-        ("encode", ["encode", "--tokenizer", nope, "hi"], "nope"),
-        ("tokenize", ["tokenize", "--tokenizer", nope, "--input", str(tmp), "--output", str(tmp / "o1")], "nope"),
-        ("tokenize", ["tokenize", "--tokenizer", str(model), "--input", str(tmp), "--output", str(tmp / "o2"),
-                      "--workers", "-1"], "--workers"),
-        ("tokenize", ["tokenize", "--tokenizer", str(model), "--input", str(tmp), "--output", str(tmp / "o3"),
-                      "--partition", "3/2"], "3/2"),
-        ("tokenize", ["tokenize", "--tokenizer", str(model), "--input", str(tmp), "--output", str(tmp / "o4"),
-                      "--holdout", "2"], "--holdout"),
-        ("merge-shards", ["merge-shards", nope, "--output", str(tmp / "m")], "nope"),
-        ("train-tokenizer", ["train-tokenizer", "--input", nope, "--model-prefix", str(tmp / "t")], "nope"),
-        ("train", ["train", "--data", nope, "--output-dir", str(tmp / "r"), "--model", "tiny"], "nope"),
-        ("train", ["train", "--data", str(tmp), "--output-dir", str(tmp / "r"), "--model", "tiny", "--lr", "-1"], "--lr"),
-        ("generate", ["generate", "--model", nope, "hi"], "nope"),
-        ("export-hf", ["export-hf", "--checkpoint", nope, "--output", str(tmp / "hf")], "nope"),
-        ("eval", ["eval", "--task", "ceval", "--data-dir", nope, "--model", nope, "--no-progress"], "nope"),
-        ("eval", ["eval", "--task", "ceval", "--data-dir", nope, "--model", nope, "--shot", "-1"], "--shot"),
-    ]
-
-
-@pytest.mark.parametrize("index", range(13))
-def test_user_errors_are_one_line_and_exit_2(index: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    command, argv, word = _cases(tmp_path)[index]
+    argv = [a.format(tmp=tmp_path, nope=tmp_path / "nope", model=model) for a in template]
     rc = main(argv)
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
