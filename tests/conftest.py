@@ -58,15 +58,13 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
 # DeepSpeed's CPU all-reduce keeps one /dev/shm buffer per rank (deepspeed_allreduce_buffer_*, 66 MiB
 # each) and DeepSpeed 0.19.8 never unlinks it, not even on a normal exit; every multi-rank test left
 # its buffers, and over a day of runs they filled /dev/shm and later launches hung. The session
-# removes the buffers created while it ran (every test process has ended by then).
-_SHM = "/dev/shm"
-_SHM_PATTERN = "deepspeed_allreduce_buffer_*"
-
-
+# removes the buffers created while it ran (every test process has ended by then). The launcher
+# removes its own job's buffers (baichuan.extensions); this catches those of launchers the tests
+# SIGKILLed themselves.
 def _shm_buffers() -> set[str]:
-    import glob
+    from baichuan.extensions import SHM_BUFFER_PREFIX, SHM_DIR
 
-    return set(glob.glob(f"{_SHM}/{_SHM_PATTERN}"))
+    return {str(p) for p in SHM_DIR.glob(f"{SHM_BUFFER_PREFIX}*")}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -81,8 +81,9 @@ def kill_after_checkpoint(args: list[str], out: Path, step: int, timeout: float 
 
 
 def _ds_shm_files() -> set[str]:
-    shm = Path("/dev/shm")
-    return {p.name for p in shm.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")} if shm.is_dir() else set()
+    from baichuan.extensions import SHM_BUFFER_PREFIX, SHM_DIR
+
+    return {p.name for p in SHM_DIR.glob(f"{SHM_BUFFER_PREFIX}{os.getuid()}_*")}
 
 
 @pytest.fixture(scope="module")
